@@ -1,0 +1,1 @@
+"""Run OSOP workflow files as observable, recoverable Dagster pipelines."""

@@ -1,0 +1,1 @@
+"""Dagster resources that carry the run-time semantics of OSOP node types."""

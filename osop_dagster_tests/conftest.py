@@ -1,0 +1,20 @@
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The checkout of this project."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only ``shared/`` folder that lies beside every checkout and CI clone."""
+    shared = REPO_ROOT.parent / "shared"
+    if not (shared / "osop-spec" / "osop.schema.json").is_file():
+        pytest.fail(f"The shared test data is missing: expected {shared} beside the checkout.")
+    return shared
