@@ -28,6 +28,72 @@ META_STATUS: Final = "osop/http_status"
 META_REQUESTS: Final = "osop/requests"
 META_PAGES: Final = "osop/pages"
 META_DURATION_MS: Final = "osop/duration_ms"
+META_EXIT_CODE: Final = "osop/exit_code"
+META_RECORDS_IN: Final = "osop/records_in"
+"""Records a ``cli`` node received; ``osop/record_count`` holds how many it kept."""
+META_MIXED_TYPE_FIELDS: Final = "osop/mixed_type_fields"
+"""Record fields whose values have several JSON types, which jq compares by type first."""
+META_TABLE: Final = "osop/table"
+META_DATABASE: Final = "osop/database"
+"""Where a ``db`` node wrote, as ``user@host:port/dbname``; never a password."""
+META_AUDIT_ID: Final = "osop/audit_id"
+
+# Metadata keys of api nodes.
+META_URL: Final = "osop/url"
+"""The URL an api node called, credentials masked."""
+META_ATTEMPTS: Final = "osop/attempts"
+"""HTTP attempts made, retries included."""
+META_RESPONSE_BYTES: Final = "osop/response_bytes"
+META_ITEMS_SENT: Final = "osop/items_sent"
+META_CHUNKS: Final = "osop/chunks"
+META_BATCH_IDS: Final = "osop/batch_ids"
+META_UPDATED_COUNT: Final = "osop/updated_count"
+META_REJECTED_COUNT: Final = "osop/rejected_count"
+META_REJECTED: Final = "osop/rejected"
+"""The first rejected items of a batch write, as the API reported them."""
+META_WARNINGS: Final = "osop/warnings"
+META_TOKEN_TYPE: Final = "osop/token_type"
+META_TOKEN_SCOPE: Final = "osop/token_scope"
+META_TOKEN_EXPIRES_AT: Final = "osop/token_expires_at"
+META_TOKEN_FINGERPRINT: Final = "osop/token_fingerprint"
+"""First 12 hex digits of the token's SHA-256: tells tokens apart, reveals nothing."""
+META_TOKEN_RENEWED: Final = "osop/token_renewed"
+
+# Runtime keys the OSOP schema declares for every node ($defs.node.runtime). A resource's runtime
+# model accepts these and ignores the ones it does not use; any other key is a spelling mistake.
+RUNTIME_SCHEMA_KEYS: Final = frozenset(
+    {
+        "action",
+        "auth",
+        "body_template",
+        "branch",
+        "command",
+        "config_path",
+        "connection",
+        "destination",
+        "endpoint",
+        "engine",
+        "environment",
+        "headers",
+        "image",
+        "max_tokens",
+        "method",
+        "model",
+        "os",
+        "provider",
+        "repo",
+        "source",
+        "system_prompt",
+        "table",
+        "temperature",
+        "tool",
+        "tools",
+        "url",
+    }
+)
 
 # Tags.
 TAG_WORKFLOW_ID: Final = "osop/workflow_id"
+
+# Workflow files larger than this are refused before parsing; real workflows are a few KiB.
+MAX_WORKFLOW_FILE_BYTES: Final = 1024 * 1024

@@ -1,0 +1,91 @@
+"""Runs one planned OSOP node through the resource that carries its semantics."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import dagster as dg
+import pydantic
+
+from osop_dagster.model import OsopNode
+
+RESOURCE_KEYS: Final = {"api": "osop_http", "cli": "osop_shell", "db": "osop_postgres"}
+"""Resource key of each runnable node type."""
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """Everything fixed at definition time about running one node."""
+
+    workflow_id: str
+    node: OsopNode
+    runtime: pydantic.BaseModel
+    token_input: str | None
+    """The input holding the access token lease, for ``bearer_token`` nodes."""
+    auth: str | None
+    secret_ref: str | None
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """A node's output value and the metadata its materializations carry."""
+
+    value: Any
+    metadata: dict[str, Any]
+
+
+def execute_node(
+    context: dg.AssetExecutionContext, plan: NodePlan, inputs: Mapping[str, Any]
+) -> NodeResult:
+    """Runs ``plan``'s node with its resolved ``inputs`` and returns its output."""
+    from osop_dagster.resources.http import RetrySettings
+
+    node = plan.node
+    resource = getattr(context.resources, RESOURCE_KEYS[node.type])
+    log = context.log
+
+    if node.type == "api":
+        retry = RetrySettings.from_node(node.retry_policy, node.timeout_sec)
+        if plan.auth == "oauth2":
+            assert plan.secret_ref is not None  # the compiler made such nodes not runnable
+            result = resource.authenticate(
+                node_id=node.id,
+                runtime=plan.runtime,
+                secret_ref=plan.secret_ref,
+                timeout_sec=node.timeout_sec,
+                retry=retry,
+                log=log,
+            )
+        else:
+            token = inputs[plan.token_input] if plan.token_input else None
+            data_inputs = {
+                name: value for name, value in inputs.items() if name != plan.token_input
+            }
+            result = resource.call(
+                node_id=node.id,
+                runtime=plan.runtime,
+                inputs=data_inputs,
+                token=token,
+                timeout_sec=node.timeout_sec,
+                retry=retry,
+                idempotency_prefix=f"{plan.workflow_id}/{node.id}",
+                log=log,
+            )
+    elif node.type == "cli":
+        result = resource.run(
+            node_id=node.id,
+            runtime=plan.runtime,
+            inputs=inputs,
+            timeout_sec=node.timeout_sec,
+            log=log,
+        )
+    else:
+        result = resource.write_audit(
+            node_id=node.id,
+            workflow_id=plan.workflow_id,
+            run_id=context.run.run_id,
+            runtime=plan.runtime,
+            inputs=inputs,
+            log=log,
+        )
+    return NodeResult(value=result.value, metadata=dict(result.metadata))

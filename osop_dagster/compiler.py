@@ -1,0 +1,419 @@
+"""Compiles an OSOP workflow graph into Dagster assets, a job and schedules.
+
+Every output of a node is one asset; a node with several outputs is one multi-asset, and a node
+without outputs gets one asset named after it. Data dependencies come from ``inputs`` (each input
+names the output of another node); edges that order execution without carrying data add plain
+dependencies. Recovery edges (``error``, ``fallback``, ``timeout``) and ``loop`` back-edges do not
+add dependencies: they describe what happens when a run goes wrong or repeats, not the order of a
+healthy run.
+
+Nodes whose semantics osop_dagster does not execute (``human``, ``agent``, ``git`` ...), nodes
+lacking what they need to run, and everything downstream of them still appear in the lineage as
+asset specs that cannot be materialized, with the reason in their description, so that any valid
+OSOP file can be browsed.
+"""
+
+import graphlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import pydantic
+
+from osop_dagster import constants
+from osop_dagster._execution import RESOURCE_KEYS, NodePlan, execute_node
+from osop_dagster.errors import OsopError, OsopExecutionError, OsopSpecError, SpecProblem
+from osop_dagster.model import OsopNode, OsopWorkflow
+from osop_dagster.resources.http import ApiRuntime
+from osop_dagster.resources.postgres import DbRuntime
+from osop_dagster.resources.shell import CliRuntime
+from osop_dagster.translator import OsopTranslator
+
+RUNNABLE_NODE_TYPES = frozenset({"api", "cli", "db"})
+ORDERING_EDGE_MODES = frozenset(
+    {"sequential", "conditional", "parallel", "switch", "spawn", "event"}
+)
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_CRON_KEYS = ("cron", "schedule")
+
+
+@dataclass(frozen=True)
+class CompiledWorkflow:
+    """What one workflow file contributes to a code location."""
+
+    workflow: OsopWorkflow
+    assets: list[dg.AssetsDefinition | dg.AssetSpec]
+    # The type `dagster.define_asset_job` returns is not exported by `dagster`.
+    job: Any
+    """The workflow's job, or ``None`` when no node can be materialized."""
+    schedules: list[dg.ScheduleDefinition]
+    not_runnable: dict[str, str]
+    """Node id -> why the node cannot be materialized."""
+
+
+def build_osop_assets(
+    workflow: OsopWorkflow, translator: OsopTranslator | None = None
+) -> CompiledWorkflow:
+    """Compiles one loaded workflow into assets, its job and its schedules.
+
+    Args:
+        workflow: A workflow returned by :func:`~osop_dagster.load_workflow`.
+        translator: Decides keys, groups and descriptions; :class:`OsopTranslator` by default.
+
+    Raises:
+        OsopSpecError: A node's ``runtime`` or a trigger does not fit the vocabulary that
+            osop_dagster executes, for example an unknown HTTP method.
+    """
+    translator = translator or OsopTranslator()
+    upstream = dependency_graph(workflow)
+    not_runnable = _find_not_runnable(workflow, upstream)
+    plans, problems = _plan_runnable_nodes(workflow, not_runnable)
+    schedules, schedule_problems = _build_schedules(workflow, translator, not_runnable)
+    problems.extend(schedule_problems)
+    if problems:
+        raise OsopSpecError(problems)
+
+    assets: list[dg.AssetsDefinition | dg.AssetSpec] = []
+    runnable_keys: list[dg.AssetKey] = []
+    for node in workflow.nodes:
+        specs = _node_specs(
+            workflow, node, translator, not_runnable.get(node.id), upstream[node.id]
+        )
+        if node.id in plans:
+            assets.append(_node_asset(workflow, node, plans[node.id], specs, translator))
+            runnable_keys.extend(spec.key for spec in specs)
+        else:
+            assets.extend(specs)
+
+    job = None
+    if runnable_keys:
+        job = dg.define_asset_job(
+            name=translator.get_job_name(workflow),
+            selection=dg.AssetSelection.assets(*runnable_keys),
+            description=f"Materializes the runnable assets of the OSOP workflow {workflow.name!r}.",
+            tags=translator.get_run_tags(workflow),
+            executor_def=dg.in_process_executor,
+        )
+    if job is None:
+        schedules = []
+    return CompiledWorkflow(workflow, assets, job, schedules, not_runnable)
+
+
+def output_names(node: OsopNode) -> list[str]:
+    """The asset names of a node: its outputs, or its id when it declares none."""
+    return list(node.output_names) or [node.id]
+
+
+def _find_not_runnable(workflow: OsopWorkflow, upstream: Mapping[str, list[str]]) -> dict[str, str]:
+    """Why each node that cannot be materialized cannot, visiting upstream nodes first."""
+    reasons: dict[str, str] = {}
+    for node_id in graphlib.TopologicalSorter(upstream).static_order():
+        node = workflow.node(node_id)
+        reason = _own_reason(workflow, node)
+        if reason is None:
+            for upstream_id in upstream[node_id]:
+                if upstream_id in reasons:
+                    reason = f"it depends on node {upstream_id!r}, which cannot be materialized."
+                    break
+        if reason is not None:
+            reasons[node.id] = reason
+    return reasons
+
+
+def _own_reason(workflow: OsopWorkflow, node: OsopNode) -> str | None:
+    if node.type not in RUNNABLE_NODE_TYPES:
+        return (
+            f"osop_dagster does not execute {node.type!r} nodes; they appear in the lineage only."
+        )
+    runtime = node.runtime or {}
+    for name in node.input_names:
+        if name not in workflow.producers:
+            return f"its input {name!r} is not produced by any node of this workflow."
+    if node.type == "api":
+        url, endpoint = runtime.get("url"), runtime.get("endpoint")
+        if not url and not (isinstance(endpoint, str) and "://" in endpoint):
+            return "its runtime has no 'url' to call."
+        auth = _auth(node)
+        if auth not in (None, "none", "oauth2", "bearer_token"):
+            # TODO(#4): API keys and HTTP Basic from secret references.
+            return f"security.auth {auth!r} is not supported yet; use oauth2 or bearer_token."
+        if auth == "oauth2" and not _secret_ref(node):
+            return "security.auth is oauth2 but security.secret_ref names no credentials."
+        if auth == "bearer_token" and _token_input(workflow, node) is None:
+            return (
+                "security.auth is bearer_token but no input is an access token of an oauth2 node."
+            )
+    if node.type == "cli" and not runtime.get("command"):
+        return "its runtime has no 'command' to run."
+    if node.type == "db" and str(runtime.get("engine", "")).lower() != "postgres":
+        engine = runtime.get("engine")
+        return f"osop_dagster runs db nodes on engine 'postgres' only, not {engine!r}."
+    return None
+
+
+def _auth(node: OsopNode) -> str | None:
+    return node.security.auth if node.security is not None else None
+
+
+def _secret_ref(node: OsopNode) -> str | None:
+    return node.security.secret_ref if node.security is not None else None
+
+
+def _token_input(workflow: OsopWorkflow, node: OsopNode) -> str | None:
+    for name in node.input_names:
+        producer = workflow.producers.get(name)
+        if producer is not None and _auth(workflow.node(producer)) == "oauth2":
+            return name
+    return None
+
+
+def dependency_graph(workflow: OsopWorkflow) -> dict[str, list[str]]:
+    """The upstream node ids of every node: producers of its inputs, then ordering edges.
+
+    Data dependencies never form a cycle (the loader rejects that). An ordering edge that would
+    close one, such as a conditional "rework" edge back to an earlier node, describes a
+    repetition rather than an order and adds no dependency.
+    """
+    upstream: dict[str, list[str]] = {node.id: [] for node in workflow.nodes}
+    for node in workflow.nodes:
+        for name in node.input_names:
+            producer = workflow.producers.get(name)
+            if producer is not None and producer != node.id and producer not in upstream[node.id]:
+                upstream[node.id].append(producer)
+
+    for edge in workflow.edges:
+        if edge.mode not in ORDERING_EDGE_MODES:
+            continue
+        for target in edge.targets():
+            if target == edge.from_node or edge.from_node in upstream[target]:
+                continue
+            if target not in _ancestors(upstream, edge.from_node):
+                upstream[target].append(edge.from_node)
+    return upstream
+
+
+def _ancestors(upstream: Mapping[str, list[str]], node_id: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [node_id]
+    while stack:
+        for parent in upstream[stack.pop()]:
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+def _plan_runnable_nodes(
+    workflow: OsopWorkflow, not_runnable: Mapping[str, str]
+) -> tuple[dict[str, NodePlan], list[SpecProblem]]:
+    """Validates the runtime vocabulary of every runnable node and plans its execution."""
+    plans: dict[str, NodePlan] = {}
+    problems: list[SpecProblem] = []
+    for node in workflow.nodes:
+        if node.id in not_runnable:
+            continue
+        model: type[pydantic.BaseModel] = {"api": ApiRuntime, "cli": CliRuntime, "db": DbRuntime}[
+            node.type
+        ]
+        raw = dict(node.runtime or {})
+        if node.type == "api" and "query" not in raw:
+            receipt = _receipt_query(workflow, node)
+            if receipt:
+                raw["query"] = receipt
+        try:
+            runtime = model.model_validate(raw)
+        except pydantic.ValidationError as error:
+            problems.extend(_runtime_problems(workflow, node, error))
+            continue
+        plans[node.id] = NodePlan(
+            workflow_id=workflow.id,
+            node=node,
+            runtime=runtime,
+            token_input=_token_input(workflow, node),
+            auth=_auth(node),
+            secret_ref=_secret_ref(node),
+        )
+    return plans, problems
+
+
+def _receipt_query(workflow: OsopWorkflow, node: OsopNode) -> dict[str, str] | None:
+    """A GET that reads the answer of a batch write asks about that write's batches.
+
+    The example workflow verifies its batch update with a GET on the batches' status, leaving
+    implicit which batches: this default names them, unless the node sets ``runtime.query``.
+    """
+    method = str((node.runtime or {}).get("method", "GET")).upper()
+    if method != "GET":
+        return None
+    for name in node.input_names:
+        producer = workflow.producers.get(name)
+        if producer is None:
+            continue
+        upstream = workflow.node(producer)
+        upstream_method = str((upstream.runtime or {}).get("method", "")).upper()
+        if upstream.type == "api" and upstream_method in _WRITE_METHODS:
+            return {"batch_id": f"${{{name}.batch_ids}}"}
+    return None
+
+
+def _runtime_problems(
+    workflow: OsopWorkflow, node: OsopNode, error: pydantic.ValidationError
+) -> list[SpecProblem]:
+    problems = []
+    for detail in error.errors(include_url=False):
+        loc = tuple(detail["loc"])
+        key = ".".join(str(part) for part in loc) or "runtime"
+        found = detail.get("input")
+        message = f"runtime.{key} is invalid: {detail['msg']}"
+        if not isinstance(found, dict | list):
+            message = f"{message} (found {found!r})"
+        problems.append(workflow.problem(node.id, ("runtime", *loc), message))
+    return problems
+
+
+def _build_schedules(
+    workflow: OsopWorkflow, translator: OsopTranslator, not_runnable: Mapping[str, str]
+) -> tuple[list[dg.ScheduleDefinition], list[SpecProblem]]:
+    schedules: list[dg.ScheduleDefinition] = []
+    problems: list[SpecProblem] = []
+    cron_triggers = [
+        (index, trigger)
+        for index, trigger in enumerate(workflow.triggers or [])
+        if trigger.type == "cron"
+    ]
+    for number, (index, trigger) in enumerate(cron_triggers):
+        config: Mapping[str, Any] = trigger.config or {}
+        expression = next((config[key] for key in _CRON_KEYS if key in config), None)
+        loc = ("triggers", index, "config")
+        if not isinstance(expression, str):
+            problems.append(
+                SpecProblem(
+                    path=workflow.source_path,
+                    line=workflow.line_of(loc),
+                    where=f"trigger {index + 1}",
+                    message=(
+                        "a cron trigger needs config.cron with a cron expression, "
+                        f"found {expression!r}"
+                    ),
+                    fix='Write for example `config: {cron: "0 6 * * *", timezone: UTC}`.',
+                )
+            )
+            continue
+        suffix = "" if len(cron_triggers) == 1 else f"_{number + 1}"
+        try:
+            schedules.append(
+                dg.ScheduleDefinition(
+                    name=f"{translator.get_job_name(workflow)}_schedule{suffix}",
+                    cron_schedule=expression,
+                    job_name=translator.get_job_name(workflow),
+                    execution_timezone=config.get("timezone", "UTC"),
+                    default_status=dg.DefaultScheduleStatus.STOPPED,
+                    description=f"Cron trigger {index + 1} of {workflow.source_path}.",
+                )
+            )
+        except dg.DagsterInvalidDefinitionError as error:
+            problems.append(
+                SpecProblem(
+                    path=workflow.source_path,
+                    line=workflow.line_of(loc),
+                    where=f"trigger {index + 1}",
+                    message=f"the cron trigger is not valid: {error}",
+                )
+            )
+    return schedules, problems
+
+
+def _node_specs(
+    workflow: OsopWorkflow,
+    node: OsopNode,
+    translator: OsopTranslator,
+    not_runnable_reason: str | None,
+    upstream: Sequence[str],
+) -> list[dg.AssetSpec]:
+    deps = [
+        translator.get_asset_key(workflow, workflow.node(upstream_id), name)
+        for upstream_id in upstream
+        for name in output_names(workflow.node(upstream_id))
+    ]
+    metadata = translator.get_metadata(workflow, node)
+    metadata[constants.META_EXECUTABLE] = not_runnable_reason is None
+    return [
+        dg.AssetSpec(
+            key=translator.get_asset_key(workflow, node, output),
+            deps=deps,
+            description=translator.get_description(node, not_runnable_reason),
+            metadata=metadata,
+            group_name=translator.get_group_name(workflow),
+            code_version=translator.get_code_version(node),
+            owners=translator.get_owners(workflow, node),
+            tags=translator.get_tags(workflow, node),
+            kinds=translator.get_kinds(node),
+        )
+        for output in output_names(node)
+    ]
+
+
+def _node_asset(
+    workflow: OsopWorkflow,
+    node: OsopNode,
+    plan: NodePlan,
+    specs: Sequence[dg.AssetSpec],
+    translator: OsopTranslator,
+) -> dg.AssetsDefinition:
+    # Inputs become keyword arguments; OSOP names need not be Python identifiers.
+    parameters = {name: f"in_{index}" for index, name in enumerate(node.input_names)}
+    ins = {
+        parameter: dg.AssetIn(
+            key=translator.get_asset_key(workflow, workflow.node(workflow.producers[name]), name)
+        )
+        for name, parameter in parameters.items()
+    }
+    outputs = {output: spec for output, spec in zip(output_names(node), specs, strict=True)}
+
+    @dg.multi_asset(
+        name=translator.get_op_name(workflow, node),
+        specs=list(specs),
+        ins=ins,
+        required_resource_keys={RESOURCE_KEYS[node.type]},
+        op_tags=translator.get_run_tags(workflow),
+    )
+    def _materialize(context: dg.AssetExecutionContext, **kwargs: Any) -> Iterator[dg.Output]:
+        inputs = {name: kwargs[parameter] for name, parameter in parameters.items()}
+        try:
+            result = execute_node(context, plan, inputs)
+        except OsopExecutionError as error:
+            raise dg.Failure(description=str(error), metadata=error.metadata) from error
+        except OsopError as error:
+            raise dg.Failure(description=str(error)) from error
+
+        values = _split_outputs(node, result.value)
+        for output, spec in outputs.items():
+            yield dg.Output(
+                values[output],
+                output_name=spec.key.to_python_identifier(),
+                metadata={**result.metadata, **_value_metadata(values[output])},
+            )
+
+    return _materialize
+
+
+def _split_outputs(node: OsopNode, value: Any) -> dict[str, Any]:
+    names = output_names(node)
+    if len(names) == 1:
+        return {names[0]: value}
+    if not isinstance(value, Mapping) or not all(name in value for name in names):
+        found = sorted(value) if isinstance(value, Mapping) else type(value).__name__
+        raise dg.Failure(
+            description=(
+                f"Node {node.id!r} declares the outputs {names}, so its result must be an object "
+                f"with those keys; found {found!r}."
+            )
+        )
+    return {name: value[name] for name in names}
+
+
+def _value_metadata(value: Any) -> dict[str, Any]:
+    if isinstance(value, list):
+        return {constants.META_RECORD_COUNT: len(value)}
+    return {}

@@ -1,0 +1,124 @@
+"""Builds a Dagster code location from a folder of OSOP workflow files."""
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from osop_dagster import constants
+from osop_dagster.compiler import CompiledWorkflow, build_osop_assets
+from osop_dagster.errors import OsopSpecError
+from osop_dagster.io_manager import OsopJsonIOManager
+from osop_dagster.loader import load_workflow, load_workflow_folder
+from osop_dagster.model import OsopWorkflow
+from osop_dagster.resources.http import OsopHttpResource
+from osop_dagster.resources.postgres import OsopPostgresResource
+from osop_dagster.resources.shell import OsopShellResource
+from osop_dagster.translator import OsopTranslator, python_name
+
+INVALID_GROUP = "osop_invalid_workflows"
+
+
+def build_osop_resources() -> dict[str, Any]:
+    """The resources that run OSOP nodes, configured from the environment.
+
+    ``OSOP_API_BASE_URL`` replaces the base URL of every ``api`` node and ``OSOP_POSTGRES_URL``
+    names the Postgres server of ``db`` nodes. The Postgres URL is passed as a
+    :class:`dagster.EnvVar`, so its password never shows in the UI or in run config.
+    """
+    postgres_url = (
+        dg.EnvVar(constants.ENV_POSTGRES_URL)
+        if os.environ.get(constants.ENV_POSTGRES_URL)
+        else None
+    )
+    return {
+        "osop_http": OsopHttpResource(base_url=os.environ.get(constants.ENV_API_BASE_URL) or None),
+        "osop_shell": OsopShellResource(),
+        "osop_postgres": OsopPostgresResource(url=postgres_url),
+        "io_manager": OsopJsonIOManager(),
+    }
+
+
+def build_osop_definitions(
+    source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    translator: OsopTranslator | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> dg.Definitions:
+    """Loads OSOP workflow files into Dagster definitions: assets, one job each, schedules.
+
+    A broken file does not hide the others: it is logged as an error, one sentence per problem,
+    and shown in the asset catalog as an asset of the group ``osop_invalid_workflows`` whose
+    description says what to fix.
+
+    Args:
+        source: A folder of workflow files, one file, or several files.
+        translator: Decides keys, groups and descriptions; :class:`OsopTranslator` by default.
+        resources: Replaces some or all of :func:`build_osop_resources`.
+
+    Example:
+        .. code-block:: python
+
+            from osop_dagster import build_osop_definitions
+
+            defs = build_osop_definitions("workflows")
+    """
+    translator = translator or OsopTranslator()
+    workflows, errors = _load(source)
+
+    compiled: list[CompiledWorkflow] = []
+    for workflow in workflows:
+        try:
+            compiled.append(build_osop_assets(workflow, translator))
+        except OsopSpecError as error:
+            errors.append(error)
+
+    logger = dg.get_dagster_logger()
+    for error in errors:
+        for problem in error.problems:
+            logger.error("Skipping an invalid OSOP workflow file: %s", problem)
+
+    return dg.Definitions(
+        assets=[
+            *(asset for item in compiled for asset in item.assets),
+            *(_invalid_file_spec(error) for error in errors),
+        ],
+        jobs=[item.job for item in compiled if item.job is not None],
+        schedules=[schedule for item in compiled for schedule in item.schedules],
+        resources={**build_osop_resources(), **(resources or {})},
+        executor=dg.in_process_executor,
+    )
+
+
+def _load(
+    source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> tuple[list[OsopWorkflow], list[OsopSpecError]]:
+    if isinstance(source, str | os.PathLike) and Path(source).is_dir():
+        workflows, errors = load_workflow_folder(source)
+        return list(workflows), list(errors)
+    paths = [source] if isinstance(source, str | os.PathLike) else list(source)
+    workflows, errors = [], []
+    for path in paths:
+        try:
+            workflows.append(load_workflow(path))
+        except OsopSpecError as error:
+            errors.append(error)
+    return workflows, errors
+
+
+def _invalid_file_spec(error: OsopSpecError) -> dg.AssetSpec:
+    name = Path(error.path).name
+    for suffix in constants.WORKFLOW_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return dg.AssetSpec(
+        key=dg.AssetKey(["osop_invalid", python_name(name)]),
+        group_name=INVALID_GROUP,
+        description=(
+            "This workflow file could not be loaded, so none of its assets exist. Fix it and "
+            "reload the code location:\n\n" + "\n".join(f"- {p}" for p in error.problems)
+        ),
+        metadata={constants.META_SOURCE_FILE: error.path, constants.META_EXECUTABLE: False},
+        kinds={"osop"},
+    )

@@ -1,0 +1,64 @@
+"""Stores OSOP asset values as JSON files, one per asset, written atomically."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from osop_dagster.errors import OsopExecutionError
+
+
+class OsopJsonIOManager(dg.ConfigurableIOManager):
+    """Keeps every OSOP output as compact JSON under ``<base_dir>/<asset key path>.json``.
+
+    OSOP values are JSON by nature (API bodies, records, jq results), so JSON keeps them readable
+    and safe to load, unlike pickles. A value is written to a temporary file that replaces the
+    old one only once complete: a failed run never leaves a half-written asset behind.
+
+    Attributes:
+        base_dir: Folder for the files; by default ``osop`` under the Dagster instance's storage
+            directory.
+    """
+
+    base_dir: str | None = None
+
+    def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
+        if self.base_dir:
+            base = Path(self.base_dir)
+        else:
+            base = Path(context.step_context.instance.storage_directory()) / "osop"
+        *folders, name = context.asset_key.path
+        return base.joinpath(*folders, f"{name}.json")
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        """Writes ``obj`` as JSON, atomically."""
+        path = self._path(context)
+        try:
+            data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise OsopExecutionError(
+                f"The value of asset {context.asset_key.to_user_string()!r} cannot be stored as "
+                f"JSON: {error}."
+            ) from error
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+        ) as handle:
+            handle.write(data)
+        os.replace(handle.name, path)
+        context.add_output_metadata({"osop/stored_bytes": len(data.encode("utf-8"))})
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        """Reads the JSON value of the upstream asset."""
+        path = self._path(context)
+        if not path.is_file():
+            raise OsopExecutionError(
+                f"Asset {context.asset_key.to_user_string()!r} has no stored value at {path}; "
+                "materialize it first."
+            )
+        with path.open(encoding="utf-8") as handle:
+            return json.load(handle)
