@@ -242,19 +242,24 @@ def _receipt_query(workflow: OsopWorkflow, node: OsopNode) -> dict[str, str] | N
 
     The example workflow verifies its batch update with a GET on the batches' status, leaving
     implicit which batches: this default names them, unless the node sets ``runtime.query``.
+    A batch write is an ``api`` node with a write method that sends data from another node (not
+    a token request).
     """
-    method = str((node.runtime or {}).get("method", "GET")).upper()
-    if method != "GET":
+    if str((node.runtime or {}).get("method", "GET")).upper() != "GET":
         return None
     for name in node.input_names:
         producer = workflow.producers.get(name)
-        if producer is None:
-            continue
-        upstream = workflow.node(producer)
-        upstream_method = str((upstream.runtime or {}).get("method", "")).upper()
-        if upstream.type == "api" and upstream_method in _WRITE_METHODS:
+        if producer is not None and _is_batch_write(workflow, workflow.node(producer)):
             return {"batch_id": f"${{{name}.batch_ids}}"}
     return None
+
+
+def _is_batch_write(workflow: OsopWorkflow, node: OsopNode) -> bool:
+    method = str((node.runtime or {}).get("method", "")).upper()
+    if node.type != "api" or method not in _WRITE_METHODS or _auth(node) == "oauth2":
+        return False
+    token = _token_input(workflow, node)
+    return any(name != token for name in node.input_names)
 
 
 def _runtime_problems(
@@ -369,12 +374,23 @@ def _node_asset(
         )
         for name, parameter in parameters.items()
     }
-    outputs = {output: spec for output, spec in zip(output_names(node), specs, strict=True)}
+    outputs = dict(zip(output_names(node), specs, strict=True))
+    # Dagster builds outputs that carry values only from specs without deps: data deps come
+    # back as `ins`, edges that carry no data as `deps`.
+    outs = {
+        spec.key.to_python_identifier(): dg.AssetOut.from_spec(
+            spec.replace_attributes(deps=[]), dagster_type=Any
+        )
+        for spec in specs
+    }
+    data_keys = {asset_in.key for asset_in in ins.values()}
+    order_only = [dep.asset_key for dep in specs[0].deps if dep.asset_key not in data_keys]
 
     @dg.multi_asset(
         name=translator.get_op_name(workflow, node),
-        specs=list(specs),
+        outs=outs,
         ins=ins,
+        deps=order_only,
         required_resource_keys={RESOURCE_KEYS[node.type]},
         op_tags=translator.get_run_tags(workflow),
     )

@@ -2,6 +2,13 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures that start real local servers live in their own modules; importing them here makes
+# them visible to every test module.
+from osop_dagster_tests.fixtures.postgres import postgres_url
+from osop_dagster_tests.fixtures.reference_api import fresh_reference_api, reference_api
+
+__all__ = ["fresh_reference_api", "postgres_url", "reference_api"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

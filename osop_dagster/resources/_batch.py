@@ -1,0 +1,84 @@
+"""Batch writes: a list input sent in chunks, each with a key that makes a resend harmless."""
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from osop_dagster.resources._api_runtime import BatchSettings
+from osop_dagster.resources._pagination import get_path
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
+    """Split ``items`` into consecutive lists of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def shape_item(item: Any, settings: BatchSettings, assigned: Mapping[str, Any]) -> Any:
+    """Keep the listed fields of a record and set the assigned ones over its own values."""
+    if not isinstance(item, Mapping):
+        return item
+    kept = (
+        {name: item[name] for name in settings.fields if name in item}
+        if settings.fields is not None
+        else dict(item)
+    )
+    kept.update(assigned)
+    return kept
+
+
+def idempotency_key(prefix: str, node_id: str, index: int, body: Any) -> str:
+    """A key that names one chunk of one node's write in one run, whatever the attempt.
+
+    The same prefix, node, chunk index and chunk content always give the same key, so a server
+    that deduplicates on ``Idempotency-Key`` applies a resent chunk once. Hashing keeps the key
+    short and ASCII whatever the prefix holds.
+    """
+    content = hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()
+    material = "\x1f".join((prefix, node_id, str(index), content))
+    return "osop-" + hashlib.sha256(material.encode()).hexdigest()[:40]
+
+
+@dataclass
+class BatchReceipt:
+    """What the chunks of one batch write answered, merged into the node's output."""
+
+    status: int | None = None
+    items_sent: int = 0
+    chunks: int = 0
+    batch_ids: list[Any] = field(default_factory=list)
+    updated: int = 0
+    rejected: list[Any] = field(default_factory=list)
+    responses: list[Any] = field(default_factory=list)
+
+    def add(self, status: int, body: Any, sent: int, settings: BatchSettings) -> None:
+        """Fold one chunk's answer in."""
+        self.status = status
+        self.items_sent += sent
+        self.chunks += 1
+        self.responses.append(body)
+        batch_id = get_path(body, settings.receipt_path, None)
+        if batch_id is not None:
+            self.batch_ids.append(batch_id)
+        updated = get_path(body, settings.updated_path, None)
+        if isinstance(updated, int) and not isinstance(updated, bool):
+            self.updated += updated
+        rejected = get_path(body, settings.rejected_path, None)
+        if isinstance(rejected, list):
+            self.rejected.extend(rejected)
+
+    def as_output(self) -> dict[str, Any]:
+        """The receipt as the node's JSON output."""
+        return {
+            "status": self.status,
+            "items_sent": self.items_sent,
+            "chunks": self.chunks,
+            "batch_ids": self.batch_ids,
+            "updated": self.updated,
+            "rejected": self.rejected,
+            "responses": self.responses,
+        }

@@ -1,0 +1,329 @@
+"""Walking the pages of a collection: one strategy per pagination style, and stop guards.
+
+Each strategy says which request comes first and, from an answer, which comes next or that the
+walk is over. The walk itself (:func:`walk_pages`) owns the guards every style shares: an empty
+page ends it, a cursor or link seen before fails it (the server is going round in circles), and
+a page cap fails it rather than fetching without end.
+"""
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import httpx
+
+from osop_dagster.errors import OsopExecutionError
+from osop_dagster.resources._api_runtime import PaginationSettings
+from osop_dagster.resources._redaction import mask_url
+
+# Where an item list usually lives in an answer that is an object.
+ITEM_KEYS: Final = ("data", "items", "records", "results")
+
+_CURSOR_PATHS: Final = ("next_cursor", "pagination.next_cursor", "meta.next_cursor")
+
+_MISSING: Final = object()
+
+
+def get_path(value: Any, path: str, default: Any = _MISSING) -> Any:
+    """Follow a dotted path of keys and list indexes; ``default`` (or KeyError) when absent."""
+    current = value
+    for part in path.split("."):
+        if isinstance(current, Mapping) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and part.lstrip("-").isdigit():
+            index = int(part)
+            if not -len(current) <= index < len(current):
+                break
+            current = current[index]
+        else:
+            break
+    else:
+        return current
+    if default is _MISSING:
+        raise KeyError(path)
+    return default
+
+
+def find_items(body: Any, items_path: str | None) -> list[Any] | None:
+    """The item list of an answer: at ``items_path``, or the body itself, or a usual key."""
+    if items_path:
+        found = get_path(body, items_path, None)
+        return found if isinstance(found, list) else None
+    if isinstance(body, list):
+        return body
+    if isinstance(body, Mapping):
+        for key in ITEM_KEYS:
+            if isinstance(body.get(key), list):
+                return body[key]
+    return None
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """The next page to fetch: parameters over the node's query, or a whole URL from a link."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    url: str | None = None
+
+
+class Paginator(Protocol):
+    """A pagination style."""
+
+    def first(self) -> PageRequest:
+        """The request of the first page."""
+        ...
+
+    def next(self, response: httpx.Response, body: Any, items: list[Any]) -> PageRequest | None:
+        """The request of the page after ``response``, or ``None`` when this was the last."""
+        ...
+
+    def marker(self, request: PageRequest) -> str | None:
+        """What must never repeat (a cursor, a link), or ``None`` for counting styles."""
+        ...
+
+
+def next_link(response: httpx.Response) -> str | None:
+    """The absolute URL of the ``Link: <...>; rel="next"`` answer header, if any."""
+    link = response.links.get("next")
+    if not link or not link.get("url"):
+        return None
+    return str(response.url.join(link["url"]))
+
+
+class LinkPaginator:
+    """Follows ``Link: rel="next"`` answer headers (RFC 8288)."""
+
+    def first(self) -> PageRequest:
+        return PageRequest()
+
+    def next(self, response: httpx.Response, body: Any, items: list[Any]) -> PageRequest | None:
+        url = next_link(response)
+        return None if url is None else PageRequest(url=url)
+
+    def marker(self, request: PageRequest) -> str | None:
+        return request.url
+
+
+class PageNumberPaginator:
+    """Sends page numbers: ``?page=1``, ``?page=2``, ..."""
+
+    def __init__(self, settings: PaginationSettings) -> None:
+        self.settings = settings
+        self.page = settings.start_page
+
+    def _params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {self.settings.page_param: self.page}
+        if self.settings.page_size:
+            params[self.settings.effective_size_param] = self.settings.page_size
+        return params
+
+    def first(self) -> PageRequest:
+        return PageRequest(params=self._params())
+
+    def next(self, response: httpx.Response, body: Any, items: list[Any]) -> PageRequest | None:
+        self.page += 1
+        return PageRequest(params=self._params())
+
+    def marker(self, request: PageRequest) -> str | None:
+        return None
+
+
+class OffsetPaginator:
+    """Sends offsets: ``?offset=0``, then the count of items received so far."""
+
+    def __init__(self, settings: PaginationSettings) -> None:
+        self.settings = settings
+        self.offset = 0
+
+    def _params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {self.settings.offset_param: self.offset}
+        if self.settings.page_size:
+            params[self.settings.effective_size_param] = self.settings.page_size
+        return params
+
+    def first(self) -> PageRequest:
+        return PageRequest(params=self._params())
+
+    def next(self, response: httpx.Response, body: Any, items: list[Any]) -> PageRequest | None:
+        # Advancing by what arrived, not by page_size, stays right when the server caps the size.
+        self.offset += len(items)
+        return PageRequest(params=self._params())
+
+    def marker(self, request: PageRequest) -> str | None:
+        return None
+
+
+class CursorPaginator:
+    """Sends the cursor of the previous answer: ``?cursor=<next_cursor>``."""
+
+    def __init__(self, settings: PaginationSettings) -> None:
+        self.settings = settings
+
+    def _params(self, cursor: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if cursor is not None:
+            params[self.settings.cursor_param] = cursor
+        if self.settings.page_size:
+            params[self.settings.effective_size_param] = self.settings.page_size
+        return params
+
+    def first(self) -> PageRequest:
+        return PageRequest(params=self._params(None))
+
+    def next(self, response: httpx.Response, body: Any, items: list[Any]) -> PageRequest | None:
+        paths = (self.settings.cursor_path,) if self.settings.cursor_path else _CURSOR_PATHS
+        cursor = next(
+            (found for path in paths if (found := get_path(body, path, None)) not in (None, "")),
+            None,
+        )
+        return None if cursor is None else PageRequest(params=self._params(cursor))
+
+    def marker(self, request: PageRequest) -> str | None:
+        cursor = request.params.get(self.settings.cursor_param)
+        return None if cursor is None else f"cursor {cursor!r}"
+
+
+_PAGINATORS: Final[dict[str, Callable[[PaginationSettings], Paginator]]] = {
+    "page_number": PageNumberPaginator,
+    "offset": OffsetPaginator,
+    "cursor": CursorPaginator,
+    "link": lambda settings: LinkPaginator(),
+}
+
+
+def make_paginator(settings: PaginationSettings) -> Paginator:
+    """The strategy for ``settings.style``."""
+    return _PAGINATORS[settings.style](settings)
+
+
+@dataclass
+class PagedResult:
+    """What a walk through the pages gathered.
+
+    Attributes:
+        items: The items of every page, in order; ``None`` when the single answer had no item
+            list (``auto`` mode), in which case ``body`` is the output.
+        body: The last answer's body.
+        pages: How many pages were fetched.
+        warnings: Oddities worth a look (a total that changed while paging).
+        last_response: The last answer.
+    """
+
+    items: list[Any] | None
+    body: Any
+    pages: int
+    warnings: list[str]
+    last_response: httpx.Response
+
+
+FetchPage = Callable[[PageRequest], tuple[httpx.Response, Any]]
+
+
+def walk_pages(
+    fetch: FetchPage,
+    settings: PaginationSettings | None,
+    *,
+    max_pages: int,
+    describe: str,
+    log: logging.Logger,
+) -> PagedResult:
+    """Fetch pages until the style says the collection is exhausted.
+
+    Args:
+        fetch: Sends one page request and returns the answer and its parsed body.
+        settings: The node's pagination settings, or ``None`` for ``auto`` mode (follow
+            ``Link: rel="next"`` when present, keep the item list when there is one).
+        max_pages: The page cap; fetching more fails.
+        describe: ``"Node 'x': GET <masked URL>"`` for messages.
+        log: Receives a WARNING for each oddity.
+
+    Raises:
+        OsopExecutionError: A cursor or link repeated, the page cap was exceeded, or an answer
+            had no item list where one was required.
+    """
+    paginator: Paginator = LinkPaginator() if settings is None else make_paginator(settings)
+    items_path = settings.items_path if settings else None
+    total_path = settings.total_path if settings else None
+    cap = settings.max_pages if settings and settings.max_pages else max_pages
+
+    request = paginator.first()
+    seen_markers: set[str] = set()
+    collected: list[Any] = []
+    warnings: list[str] = []
+    total: Any = None
+    pages = 0
+    while True:
+        pages += 1
+        response, body = fetch(request)
+        items = find_items(body, items_path)
+        seen_markers.add(str(response.request.url))
+        if (marker := paginator.marker(request)) is not None:
+            seen_markers.add(marker)
+
+        if items is None and pages > 1:
+            # Some APIs leave the list out of the page after the last one: nothing more to read.
+            items = []
+        if items is None:
+            if settings is None and next_link(response) is None:
+                # auto mode on an answer that is not a collection: the body is the output.
+                return PagedResult(None, body, pages, warnings, response)
+            where = f"at {items_path!r}" if items_path else "in the answer"
+            raise OsopExecutionError(
+                f"{describe}: the first page has no item list {where}; expected a list body or a "
+                f"list under one of {', '.join(ITEM_KEYS)}. Set pagination.items_path.",
+                metadata={"osop/pages": pages},
+            )
+        collected.extend(items)
+
+        if total_path:
+            page_total = get_path(body, total_path, None)
+            if total is not None and page_total != total:
+                message = (
+                    f"The total at {total_path!r} changed from {total!r} to {page_total!r} at "
+                    f"page {pages}; the collection changed while it was read, so items may be "
+                    "missing or repeated."
+                )
+                warnings.append(message)
+                log.warning("%s: %s", describe, message)
+            total = page_total
+
+        if not items:
+            break
+        if isinstance(total, int) and len(collected) >= total:
+            break
+        following = paginator.next(response, body, items)
+        if following is None:
+            break
+        if following.url is not None:
+            _check_same_origin(response.request.url, following.url, describe)
+
+        marker = paginator.marker(following)
+        if marker is not None and marker in seen_markers:
+            shown = mask_url(marker) if following.url else marker
+            raise OsopExecutionError(
+                f"{describe}: page {pages} points to a next page already fetched ({shown}); "
+                "the server's pagination is going round in circles, so paging stopped.",
+                metadata={"osop/pages": pages},
+            )
+        if pages >= cap:
+            raise OsopExecutionError(
+                f"{describe}: more than {cap} pages; stopped at the page cap with "
+                f"{len(collected)} items. Raise pagination.max_pages (or the resource's "
+                "max_pages) if the collection really is that large, or set page_size.",
+                metadata={"osop/pages": pages},
+            )
+        request = following
+
+    return PagedResult(collected, body, pages, warnings, response)
+
+
+def _check_same_origin(current: httpx.URL, next_url: str, describe: str) -> None:
+    # The next request carries the bearer token: a link to another host would hand it over.
+    target = httpx.URL(next_url)
+    if (target.scheme, target.host, target.port) != (current.scheme, current.host, current.port):
+        raise OsopExecutionError(
+            f"{describe}: the next-page link {mask_url(target)} leads to another origin than "
+            f"{mask_url(current.copy_with(query=None))}; it is not followed, because the request "
+            "would carry the credentials there."
+        )

@@ -1,0 +1,174 @@
+"""The example workflow, materialized through Dagster against the reference API and Postgres."""
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+
+from osop_dagster import constants
+from osop_dagster._postgres_url import parse_postgres_url
+from osop_dagster.definitions import build_osop_definitions
+from osop_dagster.io_manager import OsopJsonIOManager
+from osop_reference_api import ReferenceApiProcess
+
+pytestmark = pytest.mark.integration
+
+JOB = "rest_api_workflow_job"
+SECRET_REF = "SERVICE_CLIENT_CREDENTIALS"
+
+
+@pytest.fixture
+def seed_path(repo_root: Path) -> Path:
+    return repo_root / "workflows" / "rest-api-workflow.osop.yaml"
+
+
+@pytest.fixture
+def postgres_instance(postgres_url: str) -> Iterator[dg.DagsterInstance]:
+    """A Dagster instance whose runs and event log live in the test Postgres database."""
+    storage_url = parse_postgres_url(postgres_url).sqlalchemy_url
+    overrides = {"storage": {"postgres": {"postgres_url": storage_url}}}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        yield instance
+
+
+def _point_at(monkeypatch: pytest.MonkeyPatch, api: Any, postgres_url: str) -> None:
+    monkeypatch.setenv(constants.ENV_API_BASE_URL, api.base_url)
+    monkeypatch.setenv(SECRET_REF, f"{api.client_id}:{api.client_secret}")
+    monkeypatch.setenv(constants.ENV_POSTGRES_URL, postgres_url)
+
+
+def _defs(seed_path: Path, storage: Path) -> dg.Definitions:
+    return build_osop_definitions(
+        [seed_path], resources={"io_manager": OsopJsonIOManager(base_dir=str(storage))}
+    )
+
+
+def _materializations(instance: dg.DagsterInstance, run_id: str) -> dict[str, dict[str, Any]]:
+    records = instance.get_records_for_run(
+        run_id=run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    return {
+        record.asset_materialization.asset_key.path[-1]: {
+            key: value.value for key, value in record.asset_materialization.metadata.items()
+        }
+        for record in records
+        if record.asset_materialization is not None
+    }
+
+
+def test_seed_workflow_updates_exactly_the_selected_records(
+    fresh_reference_api: Any,
+    postgres_url: str,
+    postgres_instance: dg.DagsterInstance,
+    seed_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = fresh_reference_api
+    store = api.store
+    selected = set(store.ids_where(status="pending", age_days_gt=30))
+    assert 0 < len(selected) < api.records
+    _point_at(monkeypatch, api, postgres_url)
+
+    job = _defs(seed_path, tmp_path / "storage").resolve_job_def(JOB)
+    result = job.execute_in_process(instance=postgres_instance)
+
+    assert result.success
+    updated = {record_id for batch in store.batch_ids() for record_id in store.updated_by_batch(batch)}
+    assert updated == selected
+    assert store.count(version=2) == len(selected)
+    assert store.count(version=1) == api.records - len(selected)
+
+    verification = result.asset_value(dg.AssetKey(["rest-api-workflow", "verification_result"]))
+    assert verification["verified"] is True
+    assert verification["records_verified"] == len(selected)
+
+    audit_id = result.asset_value(dg.AssetKey(["rest-api-workflow", "audit_id"]))
+    with psycopg.connect(postgres_url) as connection:
+        rows = connection.execute(
+            "SELECT id, workflow_id, node_id, figures FROM osop_audit WHERE run_id = %s",
+            (result.run_id,),
+        ).fetchall()
+    assert len(rows) == 1
+    row_id, workflow_id, node_id, figures = rows[0]
+    assert (row_id, workflow_id, node_id) == (audit_id, "rest-api-workflow", "log_audit")
+    assert figures["update_response"]["updated"] == len(selected)
+    assert figures["verification_result"]["records_verified"] == len(selected)
+
+    metadata = _materializations(postgres_instance, result.run_id)
+    assert metadata["records_list"][constants.META_RECORD_COUNT] == api.records
+    assert metadata["filtered_records"][constants.META_RECORD_COUNT] == len(selected)
+    assert metadata["update_response"][constants.META_UPDATED_COUNT] == len(selected)
+    assert metadata["update_response"][constants.META_REJECTED_COUNT] == 0
+    assert metadata["access_token"][constants.META_TOKEN_TYPE].lower() == "bearer"
+
+    assert api.stats()["requests"]["tokens_issued"] == 1, "one token serves the whole run"
+
+
+def test_access_token_is_not_stored_in_plain_text(
+    fresh_reference_api: Any,
+    postgres_url: str,
+    postgres_instance: dg.DagsterInstance,
+    seed_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = fresh_reference_api
+    _point_at(monkeypatch, api, postgres_url)
+    storage = tmp_path / "storage"
+
+    job = _defs(seed_path, storage).resolve_job_def(JOB)
+    result = job.execute_in_process(instance=postgres_instance)
+    assert result.success
+
+    tokens = api.live_tokens()  # the run's, and those of earlier tests on this service
+    assert tokens
+    stored = "".join(path.read_text() for path in storage.rglob("*.json"))
+    events = postgres_instance.get_records_for_run(run_id=result.run_id, limit=10_000).records
+    logged = "\n".join(repr(record.event_log_entry) for record in events)
+    lease = result.asset_value(dg.AssetKey(["rest-api-workflow", "access_token"]))
+
+    assert "access_token" not in lease
+    assert len(stored) > 1000 and len(events) > 20
+    for secret in (*tokens, api.client_secret):
+        assert secret not in stored
+        assert secret not in logged
+
+
+def test_run_that_starts_after_the_token_expired_renews_it(
+    postgres_url: str,
+    postgres_instance: dg.DagsterInstance,
+    seed_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with ReferenceApiProcess(tmp_path / "api.sqlite3", records=150, token_ttl=2.0) as service:
+        api = type(
+            "Api",
+            (),
+            {
+                "base_url": service.base_url,
+                "client_id": "osop-reference-client",
+                "client_secret": service.client_secret,
+            },
+        )
+        _point_at(monkeypatch, api, postgres_url)
+        defs = _defs(seed_path, tmp_path / "storage")
+        job = defs.resolve_job_def(JOB)
+        token_key = dg.AssetKey(["rest-api-workflow", "access_token"])
+        first = job.execute_in_process(instance=postgres_instance, asset_selection=[token_key])
+        assert first.success
+
+        time.sleep(3)  # outlive the token's two seconds
+        rest = [key for key in defs.resolve_all_asset_keys() if key != token_key]
+        second = job.execute_in_process(instance=postgres_instance, asset_selection=rest)
+
+        assert second.success
+        renewed = _materializations(postgres_instance, second.run_id)["records_list"]
+        assert renewed[constants.META_TOKEN_RENEWED] is True
+        with service.open_store() as store:
+            assert store.count(version=2) == len(store.ids_where(status="pending", age_days_gt=30))

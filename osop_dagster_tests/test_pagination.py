@@ -1,0 +1,213 @@
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import stamina
+
+from osop_dagster.errors import OsopExecutionError
+from osop_dagster.resources.http import ApiRuntime, HttpResult, OsopHttpResource, RetrySettings
+from osop_dagster_tests.fixtures.fake_api import BASE_URL, FakeApi
+
+LOG = logging.getLogger("osop_test.pagination")
+RECORDS = "/api/v2/records"
+
+
+@pytest.fixture(autouse=True)
+def _testing_mode() -> Iterator[None]:
+    with stamina.set_testing(True, attempts=10, cap=True):
+        yield
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    api = FakeApi()
+    # No token endpoint in these tests: every request counts as authorized.
+    api._authorized = lambda request: True  # type: ignore[method-assign]
+    return api
+
+
+def fetch(api: FakeApi, pagination: Any, *, max_pages: int = 1000, **runtime: Any) -> HttpResult:
+    resource = OsopHttpResource(max_pages=max_pages)
+    resource._transport = api.transport()
+    return resource.call(
+        node_id="get_records",
+        runtime=ApiRuntime.model_validate(
+            {"url": BASE_URL, "endpoint": RECORDS, "pagination": pagination, **runtime}
+        ),
+        inputs={},
+        token=None,
+        timeout_sec=None,
+        retry=RetrySettings(),
+        idempotency_prefix="run-1",
+        log=LOG,
+    )
+
+
+def answer_with(bodies: list[Any], headers: list[dict[str, str]] | None = None) -> Callable:
+    """A handler that answers the given bodies in turn, then empty pages."""
+    answers = iter(zip(bodies, headers or [{}] * len(bodies), strict=True))
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body, extra = next(answers, ({"data": []}, {}))
+        return httpx.Response(200, json=body, headers=extra)
+
+    return handle
+
+
+def test_auto_follows_link_headers_and_concatenates_items(api: FakeApi) -> None:
+    result = fetch(api, "auto")
+
+    assert result.value == api.records
+    assert result.metadata["osop/pages"] == 3
+    assert result.metadata["osop/record_count"] == 7
+
+
+def test_auto_keeps_a_single_answer_that_is_not_a_collection(api: FakeApi) -> None:
+    api.overrides[RECORDS] = answer_with([{"verified": True, "batches": []}])
+
+    result = fetch(api, "auto")
+
+    assert result.value == {"verified": True, "batches": []}
+
+
+def test_none_keeps_the_first_answer_whole(api: FakeApi) -> None:
+    result = fetch(api, "none", output="pagination.total")
+
+    assert result.value == 7
+    assert len(api.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("pagination", "sent"),
+    [
+        (
+            {"style": "page_number", "page_size": 3, "total_path": "pagination.total"},
+            [
+                {"page": "1", "per_page": "3"},
+                {"page": "2", "per_page": "3"},
+                {"page": "3", "per_page": "3"},
+            ],
+        ),
+        (
+            {"style": "offset", "page_size": 3},
+            [
+                {"offset": "0", "limit": "3"},
+                {"offset": "3", "limit": "3"},
+                {"offset": "6", "limit": "3"},
+                {"offset": "7", "limit": "3"},
+            ],
+        ),
+        (
+            {"style": "cursor", "page_size": 3},
+            [{"limit": "3"}, {"cursor": "3", "limit": "3"}, {"cursor": "6", "limit": "3"}],
+        ),
+        (
+            {"style": "link"},
+            [{}, {"page": "2", "per_page": "3"}, {"page": "3", "per_page": "3"}],
+        ),
+    ],
+    ids=["page_number", "offset", "cursor", "link"],
+)
+def test_every_style_collects_all_items_in_order(
+    api: FakeApi, pagination: dict[str, Any], sent: list[dict[str, str]]
+) -> None:
+    result = fetch(api, pagination)
+
+    assert result.value == api.records
+    assert [dict(request.url.params) for request in api.requests] == sent
+
+
+def test_empty_page_stops_paging(api: FakeApi) -> None:
+    result = fetch(api, {"style": "page_number", "page_size": 3})
+
+    assert result.value == api.records
+    assert len(api.requests) == 4  # the fourth page is empty
+
+
+def test_node_query_parameters_go_with_every_page(api: FakeApi) -> None:
+    fetch(api, {"style": "page_number", "page_size": 5}, query={"status": "pending"})
+
+    assert {request.url.params["status"] for request in api.requests} == {"pending"}
+
+
+def test_repeated_cursor_fails_clearly(api: FakeApi) -> None:
+    page = {"data": [{"id": 1}], "next_cursor": "abc"}
+    api.overrides[RECORDS] = answer_with([page, page, page])
+
+    with pytest.raises(OsopExecutionError, match="already fetched \\(cursor 'abc'\\)"):
+        fetch(api, {"style": "cursor"})
+
+    assert len(api.requests) == 2
+
+
+def test_link_back_to_an_earlier_page_fails_clearly(api: FakeApi) -> None:
+    first = f"{BASE_URL}{RECORDS}"
+    api.overrides[RECORDS] = answer_with(
+        [{"data": [1]}, {"data": [2]}],
+        [{"Link": f'<{first}?page=2>; rel="next"'}, {"Link": f'<{first}>; rel="next"'}],
+    )
+
+    with pytest.raises(OsopExecutionError, match="going round in circles"):
+        fetch(api, "auto")
+
+
+def test_page_cap_fails_clearly(api: FakeApi) -> None:
+    with pytest.raises(OsopExecutionError, match="more than 2 pages") as raised:
+        fetch(api, {"style": "page_number", "page_size": 1}, max_pages=2)
+
+    assert "max_pages" in str(raised.value)
+    assert len(api.requests) == 2
+
+
+def test_node_page_cap_overrides_the_resource_cap(api: FakeApi) -> None:
+    with pytest.raises(OsopExecutionError, match="more than 1 pages"):
+        fetch(api, {"style": "link", "max_pages": 1})
+
+
+def test_total_that_changes_while_paging_is_reported(
+    api: FakeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.overrides[RECORDS] = answer_with(
+        [
+            {"data": [1, 2], "meta": {"total": 5}},
+            {"data": [3, 4], "meta": {"total": 6}},
+            {"data": [5, 6], "meta": {"total": 6}},
+        ]
+    )
+
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        result = fetch(api, {"style": "page_number", "total_path": "meta.total"})
+
+    assert result.value == [1, 2, 3, 4, 5, 6]
+    (warning,) = result.metadata["osop/warnings"]
+    assert "changed from 5 to 6" in warning
+    assert "changed from 5 to 6" in caplog.text
+
+
+def test_items_path_selects_the_list(api: FakeApi) -> None:
+    api.overrides[RECORDS] = answer_with([{"payload": {"rows": [1, 2]}}])
+
+    result = fetch(api, {"style": "page_number", "items_path": "payload.rows"})
+
+    assert result.value == [1, 2]
+
+
+def test_missing_item_list_fails_with_the_fix(api: FakeApi) -> None:
+    api.overrides[RECORDS] = answer_with([{"rows": [1]}])
+
+    with pytest.raises(OsopExecutionError, match=r"Set pagination\.items_path"):
+        fetch(api, {"style": "page_number"})
+
+
+def test_next_link_to_another_origin_is_not_followed(api: FakeApi) -> None:
+    """The next request would carry the credentials to the other host."""
+    api.overrides[RECORDS] = answer_with(
+        [{"data": [1]}], [{"Link": '<https://elsewhere.test/records?page=2>; rel="next"'}]
+    )
+
+    with pytest.raises(OsopExecutionError, match="another origin"):
+        fetch(api, "auto")
+
+    assert len(api.requests) == 1
