@@ -7,6 +7,7 @@ from typing import Any
 
 import dagster as dg
 
+from osop_dagster import constants
 from osop_dagster._local_stack import (
     STATE_DIR_NAME,
     get_instance,
@@ -21,6 +22,9 @@ from osop_dagster.loader import load_workflow
 from osop_dagster.translator import OsopTranslator
 
 DEFAULT_WORKFLOW = Path("workflows") / "rest-api-workflow.osop.yaml"
+
+# One line per step and per HTTP call on the console; the DEBUG events stay in the event log.
+_CONSOLE_AT_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,9 @@ def run_demo(
             defs = build_osop_definitions([path], translator=translator)
             job = defs.resolve_job_def(translator.get_job_name(workflow))
             with get_instance() as instance:
-                result = job.execute_in_process(instance=instance, raise_on_error=False)
+                result = job.execute_in_process(
+                    instance=instance, raise_on_error=False, run_config=_CONSOLE_AT_INFO
+                )
                 figures = _figures(instance, result.run_id)
             failure = None
             if not result.success:
@@ -101,10 +107,11 @@ def _figures(instance: dg.DagsterInstance, run_id: str) -> dict[str, Any]:
             continue
         name = materialization.asset_key.path[-1]
         metadata = {key: value.value for key, value in materialization.metadata.items()}
+        flat = {**metadata, **metadata.get(constants.META_SUMMARY, {})}
         figures[name] = {
             key.removeprefix("osop/"): value
-            for key, value in metadata.items()
-            if key.startswith("osop/") and isinstance(value, int | float | str | bool)
+            for key, value in flat.items()
+            if isinstance(value, int | float | str | bool)
         }
     return figures
 

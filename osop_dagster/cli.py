@@ -93,8 +93,8 @@ def demo(args: argparse.Namespace) -> int:
     rows = [
         ("records fetched", _figure(figures, "records_list", "record_count")),
         ("records selected", _figure(figures, "filtered_records", "record_count")),
-        ("records updated", _figure(figures, "update_response", "updated")),
-        ("records rejected", _figure(figures, "update_response", "rejected")),
+        ("records updated", _figure(figures, "update_response", "updated_count")),
+        ("records rejected", _figure(figures, "update_response", "rejected_count")),
         ("records verified", _figure(figures, "verification_result", "records_verified")),
         ("audit id", _figure(figures, "audit_id", "audit_id")),
         ("run id", summary.run_id),

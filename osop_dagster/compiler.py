@@ -23,6 +23,7 @@ import pydantic
 
 from osop_dagster import constants
 from osop_dagster._execution import RESOURCE_KEYS, NodePlan, execute_node
+from osop_dagster._summary import summarise
 from osop_dagster.errors import OsopError, OsopExecutionError, OsopSpecError, SpecProblem
 from osop_dagster.model import OsopNode, OsopWorkflow
 from osop_dagster.resources.http import ApiRuntime
@@ -432,4 +433,6 @@ def _split_outputs(node: OsopNode, value: Any) -> dict[str, Any]:
 def _value_metadata(value: Any) -> dict[str, Any]:
     if isinstance(value, list):
         return {constants.META_RECORD_COUNT: len(value)}
+    if isinstance(value, Mapping):
+        return {constants.META_SUMMARY: summarise(value)}
     return {}

@@ -45,7 +45,9 @@ def test_seed_outputs_become_assets_with_input_lineage(seed: OsopWorkflow) -> No
     specs = _specs(compiled)
 
     assert set(specs) == {dg.AssetKey(["rest-api-workflow", name]) for name in SEED_OUTPUTS}
-    deps = {key.path[-1]: {dep.asset_key.path[-1] for dep in spec.deps} for key, spec in specs.items()}
+    deps = {
+        key.path[-1]: {dep.asset_key.path[-1] for dep in spec.deps} for key, spec in specs.items()
+    }
     assert deps == {
         "access_token": set(),
         "records_list": {"access_token"},
@@ -94,7 +96,9 @@ def test_code_version_changes_only_with_the_node_definition(repo_root: Path) -> 
     edited = text.replace("timeout_sec: 60", "timeout_sec: 90")
     after = _specs(build_osop_assets(load_workflow_text(edited, path="a.osop.yaml")))
 
-    changed = {key.path[-1] for key in before if before[key].code_version != after[key].code_version}
+    changed = {
+        key.path[-1] for key in before if before[key].code_version != after[key].code_version
+    }
     assert changed == {"update_response"}
 
 
@@ -237,7 +241,9 @@ def test_cron_trigger_becomes_a_stopped_schedule() -> None:
         ),
     ],
 )
-def test_runtime_and_trigger_mistakes_are_located_errors(node_or_trigger: str, fragment: str) -> None:
+def test_runtime_and_trigger_mistakes_are_located_errors(
+    node_or_trigger: str, fragment: str
+) -> None:
     text = (
         'osop_version: "2.0"\nid: bad\nname: Bad\n'
         + node_or_trigger

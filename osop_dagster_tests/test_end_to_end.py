@@ -78,7 +78,9 @@ def test_seed_workflow_updates_exactly_the_selected_records(
     result = job.execute_in_process(instance=postgres_instance)
 
     assert result.success
-    updated = {record_id for batch in store.batch_ids() for record_id in store.updated_by_batch(batch)}
+    updated = {
+        record_id for batch in store.batch_ids() for record_id in store.updated_by_batch(batch)
+    }
     assert updated == selected
     assert store.count(version=2) == len(selected)
     assert store.count(version=1) == api.records - len(selected)

@@ -12,18 +12,10 @@ from osop_dagster._postgres_url import (
     parse_postgres_url,
     with_database,
 )
+from osop_dagster._summary import MAX_FIGURES_BYTES, summarise
 from osop_dagster.constants import META_AUDIT_ID, META_DATABASE
 from osop_dagster.errors import OsopConfigError, OsopDatabaseError
-from osop_dagster.resources.postgres import (
-    MAX_FIGURES_BYTES,
-    DbRuntime,
-    OsopPostgresResource,
-    summarise_inputs,
-)
-from osop_dagster_tests.fixtures import postgres as postgres_fixtures
-
-# The fixture is bound here until conftest.py imports it for the whole suite.
-postgres_url = postgres_fixtures.postgres_url
+from osop_dagster.resources.postgres import DbRuntime, OsopPostgresResource
 
 LOG = logging.getLogger("osop_dagster_tests.postgres")
 SEED_RUNTIME = {"engine": "postgres", "connection": "postgresql://audit:5432/logs"}
@@ -160,13 +152,13 @@ def test_seed_inputs_are_summarised_without_secrets(
     ],
 )
 def test_summary_table(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
-    assert summarise_inputs(inputs) == expected
+    assert summarise(inputs) == expected
 
 
 def test_summary_is_bounded() -> None:
     inputs = {f"field_{index}": "v" * 200 for index in range(200)}
 
-    figures = summarise_inputs(inputs)
+    figures = summarise(inputs)
 
     assert figures["_truncated"] is True
     assert len(str(figures)) < MAX_FIGURES_BYTES + 500

@@ -11,14 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from osop_dagster_tests.fixtures import reference_api as reference_api_fixtures
 from osop_dagster_tests.fixtures.reference_api import ReferenceApi
 from osop_reference_api import RecordStore, ReferenceApiProcess, iter_seed_rows
 from osop_reference_api.seed import AGE_BOUNDARY_DAYS, is_selected_by_workflow
-
-# Fixtures used here, by name; the same objects if conftest.py imports them too.
-reference_api = reference_api_fixtures.reference_api
-fresh_reference_api = reference_api_fixtures.fresh_reference_api
 
 integration = pytest.mark.integration
 

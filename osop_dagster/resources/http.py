@@ -5,14 +5,13 @@ inputs say: a single request; a GET walking through pages (:mod:`._pagination`);
 whose list input goes out in chunks (:mod:`._batch`). Token nodes go through
 :meth:`OsopHttpResource.authenticate` (:mod:`._oauth2`). Every request passes the retry policy
 of :mod:`._retry`, and everything logged or raised passes the masking of :mod:`._redaction`.
+Runtime values may hold ``${input.path}`` templates, resolved by :mod:`._templates`.
 """
 
 import json
 import logging
 import os
-import re
 import time
-import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -84,6 +83,7 @@ from osop_dagster.resources._retry import (
     is_retryable_status,
     parse_retry_after,
 )
+from osop_dagster.resources._templates import query_text, render, render_query, render_text
 
 __all__ = [
     "ApiRuntime",
@@ -171,9 +171,7 @@ class OsopHttpResource(dagster.ConfigurableResource):
         started = time.perf_counter()
         token_url = self._target_url(node_id, runtime, {})
         credentials = load_client_credentials(secret_ref)
-        headers = {
-            name: _render_text(value, {}, node_id) for name, value in runtime.headers.items()
-        }
+        headers = {name: render_text(value, {}, node_id) for name, value in runtime.headers.items()}
         request = build_token_request(
             token_url,
             credentials,
@@ -255,10 +253,10 @@ class OsopHttpResource(dagster.ConfigurableResource):
         url = self._target_url(node_id, runtime, data_inputs)
         auth = _auth_for(token, runtime.auth, log)
         headers = {
-            name: _render_text(value, data_inputs, node_id)
+            name: render_text(value, data_inputs, node_id)
             for name, value in runtime.headers.items()
         }
-        query = _render_query(runtime.query, data_inputs, node_id)
+        query = render_query(runtime.query, data_inputs, node_id)
 
         prepared = _Prepared(runtime, url, headers, query, data_inputs, auth)
 
@@ -296,7 +294,7 @@ class OsopHttpResource(dagster.ConfigurableResource):
             self.base_url
         )
         endpoint = (
-            _render_text(runtime.endpoint, inputs, node_id, quote=True) if runtime.endpoint else ""
+            render_text(runtime.endpoint, inputs, node_id, quote=True) if runtime.endpoint else ""
         )
         if endpoint and httpx.URL(endpoint).is_absolute_url:
             if not override:
@@ -403,7 +401,7 @@ def _batch_write(
     idempotency_prefix: str,
 ) -> tuple[Any, dict[str, Any]]:
     runtime = prepared.runtime
-    assigned = _render(settings.set, prepared.inputs, session.node_id)
+    assigned = render(settings.set, prepared.inputs, session.node_id)
     receipt = BatchReceipt()
     total_chunks = -(-len(items) // settings.size)
 
@@ -696,94 +694,16 @@ class _StaticBearer(httpx.Auth):
         yield request
 
 
-# Templates.
-
-
-def _resolve(path: str, inputs: Mapping[str, Any], node_id: str) -> Any:
-    name, _, rest = path.partition(".")
-    if name not in inputs and name == "inputs" and rest:
-        # `${inputs.x}` is a spelling found in published OSOP files.
-        name, _, rest = rest.partition(".")
-    if name not in inputs:
-        raise OsopExecutionError(
-            f"Node {node_id!r}: the template ${{{path}}} names the input {name!r}, which the "
-            f"node does not receive; its inputs are {sorted(inputs)!r}."
-        )
-    value = inputs[name]
-    if rest:
-        value = get_path(value, rest, _MISSING)
-        if value is _MISSING:
-            raise OsopExecutionError(
-                f"Node {node_id!r}: the template ${{{path}}} found no value at {rest!r} in the "
-                f"input {name!r}; check the path against what the upstream node produced."
-            )
-    return value
-
-
-def _render(value: Any, inputs: Mapping[str, Any], node_id: str) -> Any:
-    """Replace templates in a value; a string that is one template takes the value whole."""
-    if isinstance(value, str):
-        whole = TEMPLATE.fullmatch(value.strip())
-        if whole:
-            return _resolve(whole.group(1).strip(), inputs, node_id)
-        return _render_text(value, inputs, node_id)
-    if isinstance(value, Mapping):
-        return {key: _render(item, inputs, node_id) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_render(item, inputs, node_id) for item in value]
-    return value
-
-
-def _render_text(text: str, inputs: Mapping[str, Any], node_id: str, *, quote: bool = False) -> str:
-    """Replace templates inside a string with the text of their values.
-
-    With ``quote``, each value is percent-encoded as one URL path segment, so that a value
-    holding ``/`` or ``?`` cannot change which resource the URL names.
-    """
-
-    def text_of(match: re.Match[str]) -> str:
-        value = _resolve(match.group(1).strip(), inputs, node_id)
-        rendered = value if isinstance(value, str) else json.dumps(value, default=str)
-        return urllib.parse.quote(rendered, safe="") if quote else rendered
-
-    return TEMPLATE.sub(text_of, text)
-
-
-def _render_query(
-    query: Mapping[str, Any], inputs: Mapping[str, Any], node_id: str
-) -> list[tuple[str, str]]:
-    params: list[tuple[str, str]] = []
-    for name, template in query.items():
-        value = _render(template, inputs, node_id)
-        for item in value if isinstance(value, list) else [value]:
-            if item is None:
-                continue
-            if isinstance(item, Mapping | list):
-                raise OsopExecutionError(
-                    f"Node {node_id!r}: query parameter {name!r} got a nested value "
-                    f"({type(item).__name__}); expected text, a number, a boolean or a list of "
-                    "those. Point the template at a scalar field."
-                )
-            params.append((name, _query_text(item)))
-    return params
-
-
-def _query_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _body(runtime: ApiRuntime, inputs: Mapping[str, Any], node_id: str) -> dict[str, Any]:
     """The body arguments of ``build_request``: ``json``, ``data`` or ``content``."""
     if runtime.form is not None:
-        form = _render(runtime.form, inputs, node_id)
-        return {"data": {name: _query_text(value) for name, value in form.items()}}
+        form = render(runtime.form, inputs, node_id)
+        return {"data": {name: query_text(value) for name, value in form.items()}}
     template = runtime.body_value
     if template is not None:
         if isinstance(template, str) and not TEMPLATE.fullmatch(template.strip()):
-            return {"content": _render_text(template, inputs, node_id).encode()}
-        return {"json": _render(template, inputs, node_id)}
+            return {"content": render_text(template, inputs, node_id).encode()}
+        return {"json": render(template, inputs, node_id)}
     if runtime.method not in WRITE_METHODS or not inputs:
         return {}
     # Without a template, a write sends its one input, or all of them by name.

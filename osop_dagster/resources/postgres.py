@@ -15,8 +15,6 @@ A retried step updates its row instead of adding one, so ``audit_id`` is stable 
 
 import json
 import logging
-import math
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from osop_dagster._postgres_url import PostgresUrl, parse_postgres_url, scrub, validate_identifier
+from osop_dagster._summary import summarise
 from osop_dagster.constants import (
     ENV_POSTGRES_URL,
     META_AUDIT_ID,
@@ -41,16 +40,6 @@ from osop_dagster.constants import (
 from osop_dagster.errors import OsopConfigError, OsopDatabaseError
 
 DEFAULT_AUDIT_TABLE = "osop_audit"
-
-# Input keys whose values never reach the audit table, matched anywhere in the lowercased key.
-SECRET_KEY_PARTS = ("token", "secret", "password", "passwd", "authorization", "api_key", "apikey")
-
-# Upper bound of the JSON text of one row's figures; entries past it are left out.
-MAX_FIGURES_BYTES = 8192
-_MAX_TEXT_CHARS = 256
-
-# jsonb cannot hold NUL, and other control characters only hide what a value says.
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 class DbRuntime(BaseModel):
@@ -199,7 +188,7 @@ class OsopPostgresResource(dagster.ConfigurableResource):
             OsopDatabaseError: When connecting or writing fails; the message has no password.
         """
         target = self.resolve_url(node_id=node_id, runtime=runtime)
-        figures = summarise_inputs(inputs)
+        figures = summarise(inputs)
         started = time.monotonic()
 
         with self._connect(node_id, target) as conn:
@@ -307,53 +296,3 @@ def _driver_message(exc: psycopg.Error, target: PostgresUrl) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = scrub(text, target.psycopg_url)
     return text if text.endswith((".", "?", "!")) else f"{text}."
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether an input key looks like it holds a credential."""
-    lowered = key.lower()
-    return any(part in lowered for part in SECRET_KEY_PARTS)
-
-
-def summarise_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Summarise a node's inputs for the audit row's ``figures``.
-
-    Scalars are kept (long strings cut), a list becomes ``<key>_count``, a dict is summarised one
-    level deep the same way (its own dicts become ``<key>_fields``, their number of keys). Keys
-    that look like credentials are dropped at every level. Entries past ``MAX_FIGURES_BYTES`` of
-    JSON are left out and ``_truncated`` is set.
-    """
-    figures: dict[str, Any] = {}
-    budget = MAX_FIGURES_BYTES
-    for key, value in inputs.items():
-        for name, summary in _summarise_entry(str(key), value, depth=0):
-            size = len(json.dumps({name: summary}, default=str))
-            if size > budget:
-                figures["_truncated"] = True
-                return figures
-            figures[name] = summary
-            budget -= size
-    return figures
-
-
-def _summarise_entry(key: str, value: Any, *, depth: int) -> list[tuple[str, Any]]:
-    if is_secret_key(key):
-        return []
-    if isinstance(value, list | tuple):
-        return [(f"{key}_count", len(value))]
-    if isinstance(value, Mapping):
-        if depth >= 1:
-            return [(f"{key}_fields", len(value))]
-        inner: dict[str, Any] = {}
-        for inner_key, inner_value in value.items():
-            inner.update(_summarise_entry(str(inner_key), inner_value, depth=depth + 1))
-        return [(key, inner)]
-    if value is None or isinstance(value, bool | int):
-        return [(key, value)]
-    if isinstance(value, float) and math.isfinite(value):
-        return [(key, value)]
-    # Text, and anything else (dates, decimals, NaN) as its text, bounded in length.
-    text = _CONTROL_CHARS.sub("", str(value))
-    if len(text) > _MAX_TEXT_CHARS:
-        text = text[:_MAX_TEXT_CHARS] + "…"
-    return [(key, text)]
