@@ -223,16 +223,25 @@ def _stop_signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _check_traversable(data_dir: Path) -> None:
+def closed_parent(data_dir: Path) -> Path | None:
+    """The first existing parent of ``data_dir`` that other OS users cannot enter, if any."""
     for folder in data_dir.parents:
-        mode = folder.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            raise OsopConfigError(
-                f"The embedded PostgreSQL server cannot use {str(data_dir)!r}: PostgreSQL does "
-                f"not run as root, so it runs as another OS user, and {str(folder)!r} (mode "
-                f"{stat.S_IMODE(mode):o}) is closed to other users. Put the data folder in the "
-                "project folder or a temp folder instead."
-            )
+        with contextlib.suppress(FileNotFoundError):
+            if not folder.stat().st_mode & stat.S_IXOTH:
+                return folder
+    return None
+
+
+def _check_traversable(data_dir: Path) -> None:
+    folder = closed_parent(data_dir)
+    if folder is not None:
+        mode = stat.S_IMODE(folder.stat().st_mode)
+        raise OsopConfigError(
+            f"The embedded PostgreSQL server cannot use {str(data_dir)!r}: PostgreSQL does "
+            f"not run as root, so it runs as another OS user, and {str(folder)!r} (mode "
+            f"{mode:o}) is closed to other users. Put the data folder in the project folder or "
+            "a temp folder instead."
+        )
 
 
 def _prune_dead_handles(data_dir: Path) -> None:

@@ -4,9 +4,11 @@ Everything started here is stopped when its context exits, also on Ctrl-C or SIG
 command line turns SIGTERM into :class:`SystemExit` so that ``finally`` blocks run).
 """
 
+import hashlib
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 
 from osop_dagster import constants
-from osop_dagster._embedded_postgres import EmbeddedPostgres
+from osop_dagster._embedded_postgres import EmbeddedPostgres, closed_parent
 from osop_dagster._postgres_url import parse_postgres_url
 from osop_dagster.errors import OsopConfigError
 
@@ -41,8 +43,29 @@ def local_postgres(state_dir: Path) -> Iterator[LocalPostgres]:
         yield LocalPostgres(url=configured, embedded=False)
         return
 
-    with EmbeddedPostgres(state_dir / "postgres", database=DATABASE_NAME) as url:
+    with EmbeddedPostgres(embedded_data_dir(state_dir), database=DATABASE_NAME) as url:
         yield LocalPostgres(url=url, embedded=True)
+
+
+def embedded_data_dir(state_dir: Path) -> Path:
+    """Where the embedded server keeps its data: ``state_dir/postgres`` when it can.
+
+    PostgreSQL does not run as root, so under root it runs as another OS user, which must be
+    able to enter every parent folder. A project below a folder closed to other users (such as
+    ``/root``) keeps its server data in a temp folder of its own instead.
+    """
+    preferred = state_dir.resolve() / "postgres"
+    if os.geteuid() != 0 or closed_parent(preferred) is None:
+        return preferred
+    digest = hashlib.sha256(str(preferred).encode("utf-8")).hexdigest()[:12]
+    fallback = Path(tempfile.gettempdir()) / f"osop_dagster-{digest}"
+    fallback.mkdir(mode=0o755, exist_ok=True)
+    dg.get_dagster_logger().info(
+        "Keeping the embedded PostgreSQL data in %s: %s is closed to other users.",
+        fallback,
+        closed_parent(preferred),
+    )
+    return fallback / "postgres"
 
 
 def instance_environment(project_dir: Path, state_dir: Path, postgres_url: str) -> dict[str, str]:

@@ -13,11 +13,13 @@ registered in :func:`build_parser`.
 """
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -139,11 +141,15 @@ def ui(args: argparse.Namespace) -> int:
         ):
             print(f"Dagster UI: http://127.0.0.1:{args.port} (reference API at {api.base_url})")
             print("Ctrl-C stops it.")
-            server = subprocess.Popen(command, cwd=project_dir)
+            # Its own session, so that stopping reaches the webserver, daemon and code servers
+            # it starts; SIGINT restored, in case this process was started with it ignored.
+            server = subprocess.Popen(
+                command, cwd=project_dir, start_new_session=True, preexec_fn=_default_sigint
+            )
             try:
                 return server.wait()
             finally:
-                _stop(server)
+                _stop_group(server)
 
 
 def _secret_refs(folder: Path) -> list[str]:
@@ -159,15 +165,31 @@ def _secret_refs(folder: Path) -> list[str]:
     return sorted(refs)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _stop_group(process: subprocess.Popen[bytes], grace_sec: float = 30.0) -> None:
+    """Stops a process started in its own session, and everything it started there."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_sec
+    while _group_alive(process) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _group_alive(process):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _group_alive(process: subprocess.Popen[bytes]) -> bool:
+    if process.poll() is None:
+        return True
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

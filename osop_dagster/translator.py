@@ -1,6 +1,8 @@
 """Maps OSOP workflows and nodes to the Dagster vocabulary: asset keys, groups, kinds, owners."""
 
+import os
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -134,13 +136,18 @@ class OsopTranslator:
         if node.type == "cli" and isinstance(runtime.get("command"), str):
             metadata[constants.META_COMMAND] = runtime["command"]
         line = workflow.line_of(("nodes", node.index))
-        metadata["dagster/code_references"] = dg.CodeReferencesMetadataValue(
-            code_references=[
-                dg.LocalFileCodeReference(
-                    file_path=workflow.source_path, line_number=line or 1, label="OSOP node"
-                )
-            ]
-        )
+        with warnings.catch_warnings():
+            # Code references are marked beta; one warning per node would flood every load.
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            metadata["dagster/code_references"] = dg.CodeReferencesMetadataValue(
+                code_references=[
+                    dg.LocalFileCodeReference(
+                        file_path=os.path.abspath(workflow.source_path),
+                        line_number=line or 1,
+                        label="OSOP node",
+                    )
+                ]
+            )
         return metadata
 
     def get_code_version(self, node: OsopNode) -> str:

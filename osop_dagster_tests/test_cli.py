@@ -1,10 +1,19 @@
+import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from osop_dagster.cli import main
+from osop_dagster_tests._processes import processes_mentioning
 
 DATA = Path(__file__).parent / "data"
 ENTRY_POINT = Path(sys.executable).parent / "osop-dagster"
@@ -77,3 +86,74 @@ def test_installed_entry_point_reports_without_traceback(shared_dir: Path) -> No
     assert f"ok  {seed}" in result.stdout
     assert "the file is empty" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.integration
+def test_ui_shows_the_lineage_and_the_demo_run_then_stops_cleanly(
+    tmp_path: Path, repo_root: Path, postgres_url: str
+) -> None:
+    """`osop-dagster demo` then `osop-dagster ui`, over one instance, as the README says."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dagster.yaml", "workspace.yaml"):
+        shutil.copy(repo_root / name, project)
+    shutil.copytree(repo_root / "workflows", project / "workflows")
+    environment = {**os.environ, "OSOP_POSTGRES_URL": postgres_url}
+    environment.pop("OSOP_API_BASE_URL", None)
+    entry_point = str(Path(sys.executable).parent / "osop-dagster")
+    common = ["--project-dir", str(project), "--records", "200"]
+
+    demo = subprocess.run(
+        [entry_point, "demo", *common],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    run_id = re.search(r"run id\s+(\S+)", demo.stdout).group(1)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    query = (
+        '{ assetNodes(group: {groupName: "rest_api_workflow", repositoryName: "__repository__",'
+        ' repositoryLocationName: "osop_workflows"}) { assetKey { path } }'
+        " runsOrError { ... on Runs { results { runId status } } } }"
+    )
+    with subprocess.Popen(
+        [entry_point, "ui", *common, "--port", str(port)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as ui:
+        try:
+            answer = _graphql_when_up(f"http://127.0.0.1:{port}/graphql", query, ui)
+        finally:
+            ui.send_signal(signal.SIGTERM)
+            ui.wait(timeout=90)
+
+    assets = {tuple(node["assetKey"]["path"]) for node in answer["assetNodes"]}
+    assert ("rest-api-workflow", "records_list") in assets
+    assert len(assets) == 6
+    runs = {run["runId"]: run["status"] for run in answer["runsOrError"]["results"]}
+    assert runs[run_id] == "SUCCESS"
+    assert ui.returncode is not None
+    assert not processes_mentioning(str(project))
+
+
+def _graphql_when_up(url: str, query: str, ui: subprocess.Popen[bytes]) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert ui.poll() is None, "osop-dagster ui exited early"
+        try:
+            response = httpx.post(url, json={"query": query}, timeout=10)
+        except httpx.TransportError:
+            time.sleep(1)
+            continue
+        body = response.json()
+        if response.status_code == 200 and body.get("data", {}).get("assetNodes"):
+            return dict(body["data"])
+        time.sleep(1)
+    pytest.fail("The Dagster UI did not answer with the workflow's assets within 120 s.")

@@ -18,7 +18,6 @@ from osop_dagster.resources.http import (
     OsopHttpResource,
     RetrySettings,
 )
-from osop_dagster_tests.fixtures import reference_api as reference_api_fixtures
 from osop_dagster_tests.fixtures.fake_api import (
     BASE_URL,
     CLIENT_ID,
@@ -26,9 +25,6 @@ from osop_dagster_tests.fixtures.fake_api import (
     FakeApi,
 )
 from osop_dagster_tests.fixtures.reference_api import ReferenceApi
-
-reference_api = reference_api_fixtures.reference_api
-fresh_reference_api = reference_api_fixtures.fresh_reference_api
 
 SECRET_REF = "SERVICE_CLIENT_CREDENTIALS"
 LOG = logging.getLogger("osop_test.http")

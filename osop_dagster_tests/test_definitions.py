@@ -1,0 +1,85 @@
+import importlib
+import logging
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from osop_dagster import constants
+from osop_dagster.definitions import INVALID_GROUP, build_osop_definitions
+
+BROKEN = """\
+osop_version: "2.0"
+id: broken
+name: Broken
+nodes:
+  - id: fetch
+    type: api
+    purpose: Fetch
+    runtime: {url: "https://api.example.com", method: FETCH}
+edges:
+  - {from: fetch, to: fetch, mode: loop}
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path, repo_root: Path, shared_dir: Path) -> Path:
+    """The example workflow, a valid corpus workflow, and a broken file side by side."""
+    shutil.copy(repo_root / "workflows" / "rest-api-workflow.osop.yaml", tmp_path)
+    shutil.copy(shared_dir / "osop-corpus" / "osop-spec_examples_cicd-deploy.osop.yaml", tmp_path)
+    (tmp_path / "broken.osop.yaml").write_text(BROKEN)
+    return tmp_path
+
+
+def test_folder_loads_every_good_workflow_beside_a_broken_one(folder: Path) -> None:
+    defs = build_osop_definitions(folder)
+    keys = defs.resolve_all_asset_keys()
+
+    assert dg.AssetKey(["rest-api-workflow", "records_list"]) in keys
+    assert any(key.path[0] == "cicd_deploy" for key in keys)
+    assert defs.resolve_job_def("rest_api_workflow_job") is not None
+    assert {schedule.name for schedule in defs.schedules} == {"rest_api_workflow_job_schedule"}
+
+
+def test_broken_file_shows_in_the_catalog_with_its_located_problem(folder: Path) -> None:
+    defs = build_osop_definitions(folder)
+    spec = next(spec for spec in defs.resolve_all_asset_specs() if spec.group_name == INVALID_GROUP)
+
+    assert spec.key == dg.AssetKey(["osop_invalid", "broken"])
+    assert "broken.osop.yaml, line 8, node 'fetch'" in spec.description
+    assert "'FETCH'" in spec.description
+    assert spec.metadata[constants.META_EXECUTABLE] is False
+
+
+def test_broken_file_is_logged_as_one_error_per_problem(
+    folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        build_osop_definitions(folder)
+
+    errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "broken.osop.yaml, line 8, node 'fetch'" in errors[0].getMessage()
+
+
+def test_code_location_reads_the_folder_from_the_environment(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(constants.ENV_WORKFLOWS_DIR, str(folder))
+    import osop_dagster.code_location as code_location
+
+    defs = importlib.reload(code_location).defs
+    assert dg.AssetKey(["osop_invalid", "broken"]) in defs.resolve_all_asset_keys()
+
+
+def test_postgres_url_reaches_the_resource_as_an_env_var_not_a_value(
+    monkeypatch: pytest.MonkeyPatch, repo_root: Path
+) -> None:
+    """The Postgres URL may carry a password: the UI and run config only see the variable."""
+    monkeypatch.setenv(constants.ENV_POSTGRES_URL, "postgresql://u:hunter2-secret@db:5432/x")
+    defs = build_osop_definitions(repo_root / "workflows")
+
+    resource = defs.resources["osop_postgres"]
+    assert isinstance(resource.url, dg.EnvVar)
+    assert "hunter2-secret" not in repr(resource)

@@ -1,0 +1,54 @@
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from osop_dagster.io_manager import OsopJsonIOManager
+
+
+@dg.asset(key=["flow", "records"])
+def records() -> list[dict[str, object]]:
+    return [{"id": 1, "title": "café"}, {"id": 2, "title": None}]
+
+
+@dg.asset(key=["flow", "count"], ins={"rows": dg.AssetIn(key=["flow", "records"])})
+def count(rows: list[dict[str, object]]) -> int:
+    return len(rows)
+
+
+@dg.asset(key=["flow", "unstorable"])
+def unstorable() -> object:
+    return {"when": object()}
+
+
+def test_values_round_trip_as_compact_json_files(tmp_path: Path) -> None:
+    manager = OsopJsonIOManager(base_dir=str(tmp_path))
+    result = dg.materialize([records, count], resources={"io_manager": manager})
+
+    assert result.success
+    assert result.asset_value(["flow", "count"]) == 2
+    stored = (tmp_path / "flow" / "records.json").read_text(encoding="utf-8")
+    assert stored == '[{"id":1,"title":"café"},{"id":2,"title":null}]'
+    assert json.loads((tmp_path / "flow" / "count.json").read_text()) == 2
+    assert not list(tmp_path.rglob(".*"))  # no temporary file left behind
+
+
+def test_a_value_that_is_not_json_fails_and_keeps_the_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "flow" / "unstorable.json"
+    target.parent.mkdir(parents=True)
+    target.write_text('{"previous":true}')
+    manager = OsopJsonIOManager(base_dir=str(tmp_path))
+
+    with pytest.raises(Exception, match="cannot be stored as JSON"):
+        dg.materialize([unstorable], resources={"io_manager": manager})
+    assert target.read_text() == '{"previous":true}'
+
+
+def test_default_location_is_the_instance_storage(tmp_path: Path) -> None:
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = dg.materialize(
+            [records], instance=instance, resources={"io_manager": OsopJsonIOManager()}
+        )
+        assert result.success
+        assert (Path(instance.storage_directory()) / "osop" / "flow" / "records.json").is_file()
