@@ -24,11 +24,24 @@ import pydantic
 from osop_dagster import constants
 from osop_dagster._execution import RESOURCE_KEYS, NodePlan, execute_node
 from osop_dagster._summary import summarise
-from osop_dagster.errors import OsopError, OsopExecutionError, OsopSpecError, SpecProblem
+from osop_dagster.errors import (
+    OsopError,
+    OsopExecutionError,
+    OsopHttpError,
+    OsopSpecError,
+    SpecProblem,
+)
 from osop_dagster.model import OsopNode, OsopWorkflow
 from osop_dagster.resources.http import ApiRuntime
 from osop_dagster.resources.postgres import DbRuntime
 from osop_dagster.resources.shell import CliRuntime
+from osop_dagster.sensors import (
+    RECOVERY_EDGE_MODES,
+    RecoveryPlan,
+    build_recovery_sensor,
+    compile_condition,
+    recovery_selection,
+)
 from osop_dagster.translator import OsopTranslator
 
 RUNNABLE_NODE_TYPES = frozenset({"api", "cli", "db"})
@@ -49,6 +62,8 @@ class CompiledWorkflow:
     job: Any
     """The workflow's job, or ``None`` when no node can be materialized."""
     schedules: list[dg.ScheduleDefinition]
+    sensors: list[dg.SensorDefinition]
+    """One run-failure sensor per error or fallback edge between runnable nodes."""
     not_runnable: dict[str, str]
     """Node id -> why the node cannot be materialized."""
 
@@ -72,6 +87,8 @@ def build_osop_assets(
     plans, problems = _plan_runnable_nodes(workflow, not_runnable)
     schedules, schedule_problems = _build_schedules(workflow, translator, not_runnable)
     problems.extend(schedule_problems)
+    recoveries, recovery_problems = _plan_recoveries(workflow, translator, plans, upstream)
+    problems.extend(recovery_problems)
     if problems:
         raise OsopSpecError(problems)
 
@@ -96,9 +113,14 @@ def build_osop_assets(
             tags=translator.get_run_tags(workflow),
             executor_def=dg.in_process_executor,
         )
+    sensors = [
+        build_recovery_sensor(workflow, plan, job, translator.get_sensor_name(workflow, plan.edge))
+        for plan in recoveries
+        if job is not None
+    ]
     if job is None:
         schedules = []
-    return CompiledWorkflow(workflow, assets, job, schedules, not_runnable)
+    return CompiledWorkflow(workflow, assets, job, schedules, sensors, not_runnable)
 
 
 def output_names(node: OsopNode) -> list[str]:
@@ -236,6 +258,69 @@ def _plan_runnable_nodes(
             secret_ref=_secret_ref(node),
         )
     return plans, problems
+
+
+def _plan_recoveries(
+    workflow: OsopWorkflow,
+    translator: OsopTranslator,
+    plans: Mapping[str, NodePlan],
+    upstream: Mapping[str, list[str]],
+) -> tuple[list[RecoveryPlan], list[SpecProblem]]:
+    """One recovery plan per error or fallback edge whose two ends can run."""
+    recoveries: list[RecoveryPlan] = []
+    problems: list[SpecProblem] = []
+    for edge in workflow.edges:
+        if edge.mode not in RECOVERY_EDGE_MODES:
+            continue
+        if edge.from_node not in plans or edge.to_node not in plans:
+            continue
+        condition = None
+        if edge.when:
+            try:
+                condition = compile_condition(edge.when)
+            except ValueError as error:
+                problems.append(
+                    workflow.edge_problem(
+                        edge,
+                        ("when",),
+                        f"the condition {edge.when!r} is not valid CEL: {error}",
+                        fix="Write it in CEL, e.g. update_response.status == 401.",
+                    )
+                )
+                continue
+
+        def keys(node_ids: Sequence[str]) -> list[dg.AssetKey]:
+            return [
+                translator.get_asset_key(workflow, workflow.node(node_id), output)
+                for node_id in node_ids
+                if node_id in plans
+                for output in output_names(workflow.node(node_id))
+            ]
+
+        rerun = [edge.from_node, *_downstream(upstream, edge.from_node)]
+        recoveries.append(
+            RecoveryPlan(
+                workflow_id=workflow.id,
+                edge=edge,
+                condition=condition,
+                source_step=translator.get_op_name(workflow, workflow.node(edge.from_node)),
+                source_outputs=tuple(output_names(workflow.node(edge.from_node))),
+                asset_selection=recovery_selection(keys([edge.to_node]), keys(rerun)),
+            )
+        )
+    return recoveries, problems
+
+
+def _downstream(upstream: Mapping[str, list[str]], node_id: str) -> list[str]:
+    """Every node that depends on ``node_id``, upstream ones first."""
+    order = graphlib.TopologicalSorter(upstream).static_order()
+    reached = {node_id}
+    found = []
+    for candidate in order:
+        if any(parent in reached for parent in upstream[candidate]) and candidate not in reached:
+            reached.add(candidate)
+            found.append(candidate)
+    return found
 
 
 def _receipt_query(workflow: OsopWorkflow, node: OsopNode) -> dict[str, str] | None:
@@ -400,7 +485,7 @@ def _node_asset(
         try:
             result = execute_node(context, plan, inputs)
         except OsopExecutionError as error:
-            raise dg.Failure(description=str(error), metadata=error.metadata) from error
+            raise dg.Failure(description=str(error), metadata=_failure_metadata(error)) from error
         except OsopError as error:
             raise dg.Failure(description=str(error)) from error
 
@@ -413,6 +498,19 @@ def _node_asset(
             )
 
     return _materialize
+
+
+def _failure_metadata(error: OsopExecutionError) -> dict[str, Any]:
+    """The error's metadata, plus what error-edge conditions read of a failed API call."""
+    metadata = dict(error.metadata)
+    if isinstance(error, OsopHttpError):
+        metadata[constants.META_STATUS] = error.status
+        metadata[constants.META_ERROR_HEADERS] = dict(error.headers)
+        body = error.body
+        metadata[constants.META_ERROR_BODY] = (
+            body if isinstance(body, dict | list) else dg.MetadataValue.text(str(body or ""))
+        )
+    return metadata
 
 
 def _split_outputs(node: OsopNode, value: Any) -> dict[str, Any]:

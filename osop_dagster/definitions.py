@@ -87,6 +87,7 @@ def build_osop_definitions(
         ],
         jobs=[item.job for item in compiled if item.job is not None],
         schedules=[schedule for item in compiled for schedule in item.schedules],
+        sensors=[sensor for item in compiled for sensor in item.sensors],
         resources={**build_osop_resources(), **(resources or {})},
         executor=dg.in_process_executor,
     )

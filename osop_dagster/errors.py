@@ -107,6 +107,16 @@ class OsopHttpError(OsopExecutionError):
         self.body = body
         self.headers: dict[str, str] = dict(headers or {})
 
+    def with_context(self, note: str, metadata: Mapping[str, Any]) -> "OsopHttpError":
+        """The same error, of the same type, with ``note`` appended and ``metadata`` added."""
+        return type(self)(
+            f"{self}{note}",
+            status=self.status,
+            body=self.body,
+            headers=self.headers,
+            metadata={**self.metadata, **metadata},
+        )
+
 
 class OsopAuthError(OsopHttpError):
     """The authorization server refused the client credentials; retrying cannot help."""

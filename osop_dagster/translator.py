@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 
 from osop_dagster import constants
-from osop_dagster.model import OsopNode, OsopWorkflow
+from osop_dagster.model import OsopEdge, OsopNode, OsopWorkflow
 
 # Dagster accepts letters, digits and underscores in group and op names; tag keys and values
 # allow dots and dashes too, and at most 63 characters.
@@ -61,6 +61,13 @@ class OsopTranslator:
     def get_job_name(self, workflow: OsopWorkflow) -> str:
         """The name of the job that materializes every runnable asset of the workflow."""
         return f"{python_name(workflow.id)}_job"
+
+    def get_sensor_name(self, workflow: OsopWorkflow, edge: OsopEdge) -> str:
+        """The name of the sensor that runs an error or fallback edge."""
+        return (
+            f"{python_name(workflow.id)}__{python_name(edge.from_node)}_{edge.mode}_to_"
+            f"{python_name(edge.to_node)}_{edge.index + 1}"
+        )
 
     def get_description(self, node: OsopNode, not_runnable_reason: str | None) -> str:
         """The node's purpose, description and explanation, and why it cannot run, if it cannot."""

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from osop_dagster.constants import RUNTIME_SCHEMA_KEYS
+from osop_dagster.resources._vocabulary import RuntimeVocabulary
 
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -148,7 +148,7 @@ class AuthSettings(_Vocabulary):
         return data
 
 
-class ApiRuntime(_Vocabulary):
+class ApiRuntime(RuntimeVocabulary):
     """The ``runtime`` keys of an OSOP ``api`` node.
 
     Other keys the OSOP schema declares for node runtimes (``provider``, ``engine``, ...) and
@@ -182,6 +182,8 @@ class ApiRuntime(_Vocabulary):
         auth: The OSOP schema's ``runtime.auth``, see :class:`AuthSettings`.
     """
 
+    model_config = ConfigDict(strict=True)
+
     url: str | None = None
     endpoint: str | None = None
     method: HttpMethod = "GET"
@@ -197,20 +199,6 @@ class ApiRuntime(_Vocabulary):
     output: str | None = None
     token: TokenSettings = Field(default_factory=TokenSettings)
     auth: AuthSettings | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_foreign_keys(cls, data: Any) -> Any:
-        # Keys that the schema declares for other node types, and x- extensions, carry nothing
-        # for an HTTP call; dropping them here keeps `extra="forbid"` for real misspellings.
-        if isinstance(data, Mapping):
-            return {
-                key: value
-                for key, value in data.items()
-                if key in cls.model_fields
-                or not (key in RUNTIME_SCHEMA_KEYS or str(key).startswith("x-"))
-            }
-        return data
 
     @field_validator("method", mode="before")
     @classmethod

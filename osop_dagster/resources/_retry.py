@@ -266,14 +266,7 @@ def _with_attempts(
         note = f" Gave up after {attempts} attempts."
     else:
         note = ""
-    metadata = {**error.metadata, META_ATTEMPTS: attempts}
-    return type(error)(
-        f"{error}{note}",
-        status=error.status,
-        body=error.body,
-        headers=error.headers,
-        metadata=metadata,
-    )
+    return error.with_context(note, {META_ATTEMPTS: attempts})
 
 
 def _transport_error(

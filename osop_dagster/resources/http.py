@@ -815,15 +815,8 @@ def _partial_batch_error(
     else:
         note = f" It was chunk 1 of {total}; nothing was accepted."
     metadata = {
-        **error.metadata,
         META_CHUNKS: receipt.chunks,
         META_BATCH_IDS: receipt.batch_ids,
         META_ITEMS_SENT: receipt.items_sent,
     }
-    return type(error)(
-        f"{error}{note}",
-        status=error.status,
-        body=error.body,
-        headers=error.headers,
-        metadata=metadata,
-    )
+    return error.with_context(note, metadata)

@@ -24,7 +24,7 @@ import dagster
 import psycopg
 import stamina
 from psycopg import sql
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from osop_dagster._postgres_url import PostgresUrl, parse_postgres_url, scrub, validate_identifier
 from osop_dagster._summary import summarise
@@ -35,14 +35,14 @@ from osop_dagster.constants import (
     META_DURATION_MS,
     META_ENGINE,
     META_TABLE,
-    RUNTIME_SCHEMA_KEYS,
 )
 from osop_dagster.errors import OsopConfigError, OsopDatabaseError
+from osop_dagster.resources._vocabulary import RuntimeVocabulary
 
 DEFAULT_AUDIT_TABLE = "osop_audit"
 
 
-class DbRuntime(BaseModel):
+class DbRuntime(RuntimeVocabulary):
     """The ``runtime`` block of an OSOP ``db`` node.
 
     Vocabulary:
@@ -57,22 +57,11 @@ class DbRuntime(BaseModel):
     """
 
     # A connection string may hold a password; validation messages must never echo it.
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     engine: Literal["postgres"]
     connection: str | None = None
     table: str = DEFAULT_AUDIT_TABLE
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_schema_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            return {
-                key: value
-                for key, value in data.items()
-                if key in cls.model_fields or key not in RUNTIME_SCHEMA_KEYS
-            }
-        return data
 
     @field_validator("engine", mode="before")
     @classmethod

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import dagster
 import jq
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from osop_dagster.constants import (
     META_COMMAND,
@@ -34,9 +34,9 @@ from osop_dagster.constants import (
     META_MIXED_TYPE_FIELDS,
     META_RECORD_COUNT,
     META_RECORDS_IN,
-    RUNTIME_SCHEMA_KEYS,
 )
 from osop_dagster.errors import OsopShellError
+from osop_dagster.resources._vocabulary import RuntimeVocabulary
 
 JQ_PROGRAM = "jq"
 
@@ -142,7 +142,7 @@ def parse_jq_argv(argv: Sequence[str]) -> JqInvocation:
     return JqInvocation(filter=positional[0], args=args, **flags)
 
 
-class CliRuntime(BaseModel):
+class CliRuntime(RuntimeVocabulary):
     """The ``runtime`` block of an OSOP ``cli`` node.
 
     Vocabulary:
@@ -158,23 +158,10 @@ class CliRuntime(BaseModel):
     error.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     command: str
     input: str | None = None
     output_format: Literal["json", "text"] = "json"
     timeout_sec: float | None = Field(default=None, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_schema_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            return {
-                key: value
-                for key, value in data.items()
-                if key in cls.model_fields or key not in RUNTIME_SCHEMA_KEYS
-            }
-        return data
 
     @field_validator("command")
     @classmethod
