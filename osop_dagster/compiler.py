@@ -31,7 +31,7 @@ from osop_dagster.errors import (
     OsopSpecError,
     SpecProblem,
 )
-from osop_dagster.model import OsopNode, OsopWorkflow
+from osop_dagster.model import OsopEdge, OsopNode, OsopWorkflow
 from osop_dagster.resources.http import ApiRuntime
 from osop_dagster.resources.postgres import DbRuntime
 from osop_dagster.resources.shell import CliRuntime
@@ -89,6 +89,8 @@ def build_osop_assets(
     problems.extend(schedule_problems)
     recoveries, recovery_problems = _plan_recoveries(workflow, translator, plans, upstream)
     problems.extend(recovery_problems)
+    gates, gate_problems = _plan_gates(workflow, plans)
+    problems.extend(gate_problems)
     if problems:
         raise OsopSpecError(problems)
 
@@ -99,7 +101,10 @@ def build_osop_assets(
             workflow, node, translator, not_runnable.get(node.id), upstream[node.id]
         )
         if node.id in plans:
-            assets.append(_node_asset(workflow, node, plans[node.id], specs, translator))
+            asset = _node_asset(
+                workflow, node, plans[node.id], specs, translator, gates.get(node.id, [])
+            )
+            assets.append(asset)
             runnable_keys.extend(spec.key for spec in specs)
         else:
             assets.extend(specs)
@@ -311,6 +316,33 @@ def _plan_recoveries(
     return recoveries, problems
 
 
+def _plan_gates(
+    workflow: OsopWorkflow, plans: Mapping[str, NodePlan]
+) -> tuple[dict[str, list[tuple[OsopEdge, Any]]], list[SpecProblem]]:
+    """The compiled conditions of the ``conditional`` edges into each runnable node."""
+    gates: dict[str, list[tuple[OsopEdge, Any]]] = {}
+    problems: list[SpecProblem] = []
+    for edge in workflow.edges:
+        if edge.mode != "conditional" or not edge.when:
+            continue
+        if edge.from_node not in plans or edge.to_node not in plans:
+            continue
+        try:
+            program = compile_condition(edge.when)
+        except ValueError as error:
+            problems.append(
+                workflow.edge_problem(
+                    edge,
+                    ("when",),
+                    f"the condition {edge.when!r} is not valid CEL: {error}",
+                    fix="Write it in CEL, e.g. records_list.size() > 0.",
+                )
+            )
+            continue
+        gates.setdefault(edge.to_node, []).append((edge, program))
+    return gates, problems
+
+
 def _downstream(upstream: Mapping[str, list[str]], node_id: str) -> list[str]:
     """Every node that depends on ``node_id``, upstream ones first."""
     order = graphlib.TopologicalSorter(upstream).static_order()
@@ -451,21 +483,28 @@ def _node_asset(
     plan: NodePlan,
     specs: Sequence[dg.AssetSpec],
     translator: OsopTranslator,
+    gates: Sequence[tuple[OsopEdge, Any]],
 ) -> dg.AssetsDefinition:
     # Inputs become keyword arguments; OSOP names need not be Python identifiers.
     parameters = {name: f"in_{index}" for index, name in enumerate(node.input_names)}
+    # A conditional edge reads the outputs of its source, which then load as inputs too.
+    for edge, _ in gates:
+        for output in output_names(workflow.node(edge.from_node)):
+            parameters.setdefault(output, f"in_{len(parameters)}")
     ins = {
         parameter: dg.AssetIn(
             key=translator.get_asset_key(workflow, workflow.node(workflow.producers[name]), name)
+            if name in workflow.producers
+            else translator.get_asset_key(workflow, workflow.node(name), name)
         )
         for name, parameter in parameters.items()
     }
     outputs = dict(zip(output_names(node), specs, strict=True))
     # Dagster builds outputs that carry values only from specs without deps: data deps come
-    # back as `ins`, edges that carry no data as `deps`.
+    # back as `ins`, edges that carry no data as `deps`. A gated node may yield nothing.
     outs = {
         spec.key.to_python_identifier(): dg.AssetOut.from_spec(
-            spec.replace_attributes(deps=[]), dagster_type=Any
+            spec.replace_attributes(deps=[]), dagster_type=Any, is_required=not gates
         )
         for spec in specs
     }
@@ -481,7 +520,15 @@ def _node_asset(
         op_tags=translator.get_run_tags(workflow),
     )
     def _materialize(context: dg.AssetExecutionContext, **kwargs: Any) -> Iterator[dg.Output]:
-        inputs = {name: kwargs[parameter] for name, parameter in parameters.items()}
+        values_in = {name: kwargs[parameter] for name, parameter in parameters.items()}
+        if gates and not _any_gate_open(gates, values_in):
+            context.log.info(
+                "Skipping node %r: no condition of its conditional edges holds (%s).",
+                node.id,
+                "; ".join(str(edge.when) for edge, _ in gates),
+            )
+            return
+        inputs = {name: values_in[name] for name in node.input_names}
         try:
             result = execute_node(context, plan, inputs)
         except OsopExecutionError as error:
@@ -498,6 +545,22 @@ def _node_asset(
             )
 
     return _materialize
+
+
+def _any_gate_open(gates: Sequence[tuple[OsopEdge, Any]], values: Mapping[str, Any]) -> bool:
+    for edge, program in gates:
+        try:
+            if program.execute(dict(values)):
+                return True
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise dg.Failure(
+                description=(
+                    f"The condition {edge.when!r} of {edge.describe()} could not be evaluated: "
+                    f"{error}. It can use the outputs of {edge.from_node!r} and the node's "
+                    f"inputs: {sorted(values)}."
+                )
+            ) from error
+    return False
 
 
 def _failure_metadata(error: OsopExecutionError) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from osop_dagster import constants
 from osop_dagster.compiler import build_osop_assets, dependency_graph
 from osop_dagster.definitions import build_osop_resources
 from osop_dagster.errors import OsopSpecError
+from osop_dagster.io_manager import OsopJsonIOManager
 from osop_dagster.loader import load_workflow, load_workflow_text
 from osop_dagster.model import OsopWorkflow
 
@@ -273,3 +274,36 @@ def test_every_valid_corpus_file_compiles(shared_dir: Path) -> None:
         defs.resolve_asset_graph()
         loaded += 1
     assert loaded >= 20
+
+
+def test_conditional_edge_skips_its_target_and_downstream_when_false(tmp_path: Path) -> None:
+    workflow = _workflow(
+        """
+        osop_version: "2.0"
+        id: gated
+        name: Gated
+        nodes:
+          - {id: count, type: cli, purpose: Count, runtime: {command: "jq -n '{n: 5}'"},
+             outputs: [tally]}
+          - {id: small, type: cli, purpose: Small, runtime: {command: "jq -n '\\"small\\"'"},
+             outputs: [small_note]}
+          - {id: large, type: cli, purpose: Large, runtime: {command: "jq -n '\\"large\\"'"},
+             outputs: [large_note]}
+          - {id: after_large, type: cli, purpose: After, runtime: {command: "jq '.'"},
+             inputs: [large_note], outputs: [echo]}
+        edges:
+          - {from: count, to: small, mode: conditional, when: "tally.n < 10"}
+          - {from: count, to: large, mode: conditional, when: "tally.n >= 10"}
+          - {from: large, to: after_large}
+        """
+    )
+    compiled = build_osop_assets(workflow)
+    resources = {**build_osop_resources(), "io_manager": OsopJsonIOManager(base_dir=str(tmp_path))}
+    defs = dg.Definitions(assets=compiled.assets, jobs=[compiled.job], resources=resources)
+
+    result = defs.resolve_job_def("gated_job").execute_in_process()
+
+    assert result.success
+    materialized = {event.asset_key.path[-1] for event in result.get_asset_materialization_events()}
+    assert materialized == {"tally", "small_note"}
+    assert result.asset_value(dg.AssetKey(["gated", "small_note"])) == "small"
