@@ -1,5 +1,6 @@
 """Running the reference API in this process: seed the file, bind 127.0.0.1, serve."""
 
+import asyncio
 import logging
 import socket
 import time
@@ -9,7 +10,15 @@ from typing import Final
 import uvicorn
 
 from osop_reference_api.app import ServiceConfig, create_app
+from osop_reference_api.faults import bind_connection
 from osop_reference_api.store import RecordStore
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HttpProtocol
+except ImportError:  # httptools is optional for uvicorn; h11 always comes with it
+    from uvicorn.protocols.http.h11_impl import (  # type: ignore[assignment]
+        H11Protocol as _HttpProtocol,
+    )
 
 logger = logging.getLogger("osop_reference_api")
 
@@ -42,6 +51,18 @@ def prepare_store(config: ServiceConfig, *, fresh: bool) -> bool:
             time.perf_counter() - started,
         )
         return True
+
+
+class _ConnectionAwareProtocol(_HttpProtocol):
+    """uvicorn's HTTP protocol, letting each request reach its own connection.
+
+    ASGI gives an application no handle on the socket, yet the ``reset`` fault switch must drop
+    the connection without any answer; so each connection runs the app wrapped with its transport.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.app = bind_connection(self.app, transport)
 
 
 def bind_loopback(port: int, host: str = LOOPBACK_HOST) -> socket.socket:
@@ -91,6 +112,7 @@ def serve(
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(config),
+                http=_ConnectionAwareProtocol,
                 log_level="warning",
                 access_log=False,
                 server_header=False,

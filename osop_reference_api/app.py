@@ -9,7 +9,54 @@ Endpoints (all JSON):
 - ``PATCH /api/v2/records/batch``: batch update in one transaction, with optimistic concurrency
   (``version``) and ``Idempotency-Key`` replay.
 - ``GET /api/v2/records/batch/status``: re-checks the records that batches claimed to update.
-- ``GET /health``; ``/_admin/...`` for tests (request counters, reseeding, revoking tokens).
+- ``GET /health``; ``/_admin/...`` for tests (request counters, reseeding, revoking tokens,
+  fault switches), open to 127.0.0.1 only.
+
+Fault switches (issue #3) make the running service misbehave on demand, without a restart:
+
+- ``PUT /_admin/faults`` with ``{"faults": [<switch>, ...]}`` replaces every switch (counts
+  restart) and answers ``{"faults": [<switch as normalised, with "seen" and "fired">, ...]}``;
+  a malformed body answers 422 ``invalid_body`` and leaves the switches as they were.
+- ``GET /_admin/faults`` answers the same report; ``DELETE /_admin/faults`` turns all off.
+
+``seen`` counts the calls a switch looked at, ``fired`` the times it acted. Switches are consulted
+in the order given and the first that answers a call ends it; later switches do not see that call.
+Endpoint groups: ``token`` (``POST /oauth/token``), ``records`` (``GET /api/v2/records`` and
+``/api/v2/records/{id}``), ``batch`` (``PATCH /api/v2/records/batch``), ``status``
+(``GET /api/v2/records/batch/status``). Switches that pick calls take ``after`` (calls let through
+first, default 0), ``every`` (act on every k-th call after those, default 1) and ``count`` (most
+firings, default 1; ``null`` for no limit). ``when="before"`` acts before the request is processed
+(nothing applied), ``when="after"`` on the answer of a processed request (batch applied, token
+issued). The kinds, with their defaults::
+
+    {"kind": "token_expiry", "uses": null, "ttl": null, "announce": true}
+        Tokens issued while on expire after `uses` authorised requests and/or `ttl` seconds;
+        `announce` puts `ttl` into expires_in. fired = such tokens found expired.
+    {"kind": "invalid_token", "group": "batch", "after": 0, "every": 1, "count": 1}
+        401 invalid_token (e.g. on the 3rd batch call: after=2; from then on: count=null).
+    {"kind": "rate_limit", "group": <required>, "after": 0, "every": 1, "count": 1,
+     "retry_after": 1, "retry_after_form": "seconds" | "http_date"}
+        429 rate_limited with Retry-After.
+    {"kind": "server_error", "group": <required>, ..., "status": 503, "retry_after": null,
+     "retry_after_form": "seconds"}
+        A 5xx answer (500-599), with Retry-After when retry_after is set.
+    {"kind": "delay", "group": <required>, ..., "seconds": <required, 0-30>, "when": "before"}
+        Waits before processing (a delayed batch is still applied after the wait, even when the
+        client has gone) or, with "after", between processing and answering.
+    {"kind": "reset", "group": <required>, ..., "when": "before", "how": "close" | "rst"}
+        Drops the connection without any answer: "close" sends FIN (httpx raises
+        RemoteProtocolError), "rst" sends RST (httpx raises ReadError).
+    {"kind": "truncate", "group": <required>, ..., "fraction": 0.5}
+        A 2xx answer cut to `fraction` of its bytes, with a matching Content-Length.
+    {"kind": "repeat_cursor", "after": 0, "every": 1, "count": 1}
+        On records pages that have a next page, next_cursor and Link point at the same page.
+    {"kind": "reject", "ids": [], "fraction": 0.0, "seed": 0}
+        The batch rejects otherwise valid records with reason "rejected_by_fault": the listed
+        ids, plus a share `fraction` of ids picked by a digest of (seed, id), the same on every
+        retry. fired = records so rejected.
+
+An idempotent batch applied before its answer is delayed or dropped is stored under its
+``Idempotency-Key`` in the same transaction, so a retry with that key replays the stored answer.
 
 Every database call runs on the event loop's thread through one connection: SQLite serialises
 writers anyway, a page costs about a millisecond, and staying on one thread makes each batch
@@ -25,7 +72,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +85,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from osop_reference_api.faults import (
+    REJECTED_BY_FAULT,
+    EndpointGroup,
+    FaultBoard,
+    FaultSpecError,
+    TokenOverrides,
+)
 from osop_reference_api.seed import RECORD_STATUSES, format_timestamp
 from osop_reference_api.store import (
     IdempotencyKeyReusedError,
@@ -131,6 +185,9 @@ class ApiError(Exception):
 class _Token:
     expires_at: float
     scopes: frozenset[str]
+    # Set only for tokens issued under the token_expiry fault switch.
+    uses_left: int | None = None
+    on_expire: Callable[[], None] | None = None
 
 
 class TokenRegistry:
@@ -145,23 +202,34 @@ class TokenRegistry:
         self._tokens: dict[str, _Token] = {}
         self._issued = 0
 
-    def issue(self, scopes: frozenset[str]) -> str:
-        """Create a random token valid for :attr:`ttl` seconds."""
+    def issue(self, scopes: frozenset[str], overrides: TokenOverrides | None = None) -> str:
+        """Create a random token valid for :attr:`ttl` seconds, or as ``overrides`` say."""
         self._issued += 1
         if self._issued % _PURGE_EVERY == 0:
             self._purge()
         token = secrets.token_urlsafe(32)
-        self._tokens[token] = _Token(time.monotonic() + self.ttl, scopes)
+        entry = _Token(time.monotonic() + self.ttl, scopes)
+        if overrides is not None:
+            if overrides.ttl is not None:
+                entry.expires_at = time.monotonic() + overrides.ttl
+            entry.uses_left = overrides.uses
+            entry.on_expire = overrides.on_expire
+        self._tokens[token] = entry
         return token
 
     def scopes_of(self, token: str) -> frozenset[str] | None:
-        """The scopes of a live token, or ``None`` for an unknown or expired one."""
+        """The scopes of a live token, or ``None`` for an unknown or expired one.
+
+        Each call counts as one use of a token issued with a use limit.
+        """
         entry = self._tokens.get(token)
         if entry is None:
             return None
-        if time.monotonic() >= entry.expires_at:
-            del self._tokens[token]
+        if time.monotonic() >= entry.expires_at or entry.uses_left == 0:
+            self._expire(token, entry)
             return None
+        if entry.uses_left is not None:
+            entry.uses_left -= 1
         return entry.scopes
 
     def revoke_all(self) -> int:
@@ -183,8 +251,13 @@ class TokenRegistry:
 
     def _purge(self) -> None:
         now = time.monotonic()
-        for token in [t for t, entry in self._tokens.items() if now >= entry.expires_at]:
-            del self._tokens[token]
+        for token, entry in [(t, e) for t, e in self._tokens.items() if now >= e.expires_at]:
+            self._expire(token, entry)
+
+    def _expire(self, token: str, entry: _Token) -> None:
+        del self._tokens[token]
+        if entry.on_expire is not None:
+            entry.on_expire()
 
 
 class _Service:
@@ -194,6 +267,7 @@ class _Service:
         self.config = config
         self.tokens = TokenRegistry(config.token_ttl)
         self.stats: Counter[str] = Counter()
+        self.faults = FaultBoard()
         self._store: RecordStore | None = None
 
     @property
@@ -215,6 +289,18 @@ class _Service:
 
     def count(self, name: StatName) -> None:
         self.stats[name] += 1
+
+    async def answer(
+        self,
+        request: Request,
+        group: EndpointGroup,
+        handler: Callable[[Request, "_Service"], Awaitable[Response]],
+    ) -> Response:
+        """Run an endpoint between the fault switches' two checkpoints."""
+        early = await self.faults.before(request, group)
+        if early is not None:
+            return early
+        return await self.faults.after(group, await handler(request, self))
 
     def require_token(self, request: Request, scope: str) -> None:
         """Check the bearer token of a request (RFC 6750 section 3)."""
@@ -278,13 +364,16 @@ def _invalid_client(description: str) -> ApiError:
 async def _token(request: Request) -> Response:
     service = _service(request)
     service.count("token_requests")
+    early = await service.faults.before(request, "token")
+    if early is not None:
+        return early
     try:
         response = await _issue_token(request, service)
     except ApiError:
         service.count("token_failures")
         raise
     service.count("tokens_issued")
-    return response
+    return await service.faults.after("token", response)
 
 
 async def _issue_token(request: Request, service: _Service) -> Response:
@@ -346,11 +435,15 @@ async def _issue_token(request: Request, service: _Service) -> Response:
         )
     scopes = frozenset(requested or SUPPORTED_SCOPES)
 
-    token = service.tokens.issue(scopes)
+    overrides = service.faults.token_overrides()
+    token = service.tokens.issue(scopes, overrides)
+    lifetime = config.token_ttl
+    if overrides is not None and overrides.ttl is not None and overrides.announce:
+        lifetime = overrides.ttl
     body = {
         "access_token": token,
         "token_type": "Bearer",
-        "expires_in": math.ceil(config.token_ttl),
+        "expires_in": math.ceil(lifetime),
         "scope": " ".join(s for s in SUPPORTED_SCOPES if s in scopes),
     }
     # RFC 6749 section 5.1: token answers must not be cached.
@@ -429,6 +522,10 @@ def _page_style(params: Mapping[str, str]) -> Literal["page", "offset", "cursor"
 async def _list_records(request: Request) -> Response:
     service = _service(request)
     service.count("record_pages")
+    return await service.answer(request, "records", _records_page)
+
+
+async def _records_page(request: Request, service: _Service) -> Response:
     service.require_token(request, SCOPE_READ)
     config = service.config
     params = request.query_params
@@ -459,7 +556,9 @@ async def _list_records(request: Request) -> Response:
         page = store.page(after, limit, status)
         pagination["per_page"] = limit
         if page.has_more and page.last_id is not None:
-            cursor = _encode_cursor(page.last_id, status)
+            # The repeat_cursor fault points the next link back at this very page.
+            repeat = service.faults.repeats_page()
+            cursor = _encode_cursor(after if repeat else page.last_id, status)
             pagination["next_cursor"] = cursor
             next_url = str(request.url.include_query_params(cursor=cursor, limit=limit))
     else:
@@ -489,10 +588,13 @@ async def _list_records(request: Request) -> Response:
         pagination["per_page"] = limit
         pagination["total_pages"] = math.ceil(pagination["total"] / limit)
         if page.has_more:
+            step = 0 if service.faults.repeats_page() else 1
             if style == "page":
-                following = request.url.include_query_params(page=number + 1, per_page=limit)
+                following = request.url.include_query_params(page=number + step, per_page=limit)
             else:
-                following = request.url.include_query_params(offset=offset + limit, limit=limit)
+                following = request.url.include_query_params(
+                    offset=offset + step * limit, limit=limit
+                )
             next_url = str(following)
 
     body = (
@@ -509,6 +611,10 @@ async def _list_records(request: Request) -> Response:
 async def _get_record(request: Request) -> Response:
     service = _service(request)
     service.count("record_gets")
+    return await service.answer(request, "records", _one_record)
+
+
+async def _one_record(request: Request, service: _Service) -> Response:
     service.require_token(request, SCOPE_READ)
     record_id: int = request.path_params["record_id"]
     record = service.store.record_json(record_id)
@@ -549,6 +655,10 @@ def _preview(value: Any) -> str:
 async def _batch_update(request: Request) -> Response:
     service = _service(request)
     service.count("batch_calls")
+    return await service.answer(request, "batch", _apply_batch)
+
+
+async def _apply_batch(request: Request, service: _Service) -> Response:
     service.require_token(request, SCOPE_WRITE)
     config = service.config
 
@@ -614,6 +724,10 @@ async def _batch_update(request: Request) -> Response:
         batch_id=batch_id,
         now=format_timestamp(datetime.now(UTC)),
         idempotency=idempotency,
+        refused=service.faults.rejected_ids(item["id"] for item in items),
+    )
+    service.faults.count_rejections(
+        sum(1 for entry in answer["rejected"] if entry["reason"] == REJECTED_BY_FAULT)
     )
     logger.info(
         "Batch %s: %d requested, %d updated, %d rejected.",
@@ -628,6 +742,10 @@ async def _batch_update(request: Request) -> Response:
 async def _batch_status(request: Request) -> Response:
     service = _service(request)
     service.count("status_calls")
+    return await service.answer(request, "status", _verify_batches)
+
+
+async def _verify_batches(request: Request, service: _Service) -> Response:
     service.require_token(request, SCOPE_READ)
 
     batch_ids: list[str] = []
@@ -719,6 +837,26 @@ async def _admin_revoke_tokens(request: Request) -> Response:
     return JSONResponse({"status": "ok", "revoked": service.tokens.revoke_all()})
 
 
+async def _admin_faults(request: Request) -> Response:
+    service = _require_loopback(request)
+    if request.method == "PUT":
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError as error:
+            raise ApiError(400, "invalid_json", f"The body is not valid JSON: {error}.") from error
+        try:
+            service.faults.configure(body)
+        except FaultSpecError as error:
+            raise ApiError(422, "invalid_body", str(error)) from error
+        logger.info("Fault switches set: %s.", json.dumps(service.faults.report()))
+    elif request.method == "DELETE":
+        cleared = service.faults.clear()
+        if cleared:
+            logger.info("Cleared %d fault switch(es).", cleared)
+    return JSONResponse({"faults": service.faults.report()})
+
+
 # -- application --------------------------------------------------------------------------------
 
 
@@ -777,6 +915,7 @@ def create_app(config: ServiceConfig) -> Starlette:
         Route("/_admin/reseed", _admin_reseed, methods=["POST"]),
         Route("/_admin/revoke-tokens", _admin_revoke_tokens, methods=["POST"]),
         Route("/_admin/tokens", _admin_tokens, methods=["GET"]),
+        Route("/_admin/faults", _admin_faults, methods=["GET", "PUT", "DELETE"]),
     ]
     app = Starlette(
         routes=routes,

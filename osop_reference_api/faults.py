@@ -22,7 +22,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Final, Literal, get_args
 
@@ -60,7 +60,7 @@ REJECTED_BY_FAULT: Final = "rejected_by_fault"
 """The rejection reason of records the ``reject`` switch refuses."""
 
 _MAX_DELAY_SECONDS: Final = 30.0
-_TRIGGER_FIELDS: Final = ("after", "every", "count")
+_ANSWERS_BEFORE: Final = frozenset({"invalid_token", "rate_limit", "server_error"})
 
 # The transport of the connection serving the current request, set by bind_connection(); a
 # context variable because every request runs in its own task.
@@ -105,6 +105,8 @@ class _Switch:
         when: Phase | None = self.settings.get("when")
         if when is not None:
             return when
+        if self.kind in _ANSWERS_BEFORE:
+            return "before"
         return "after" if self.kind == "truncate" else None
 
     def hit(self) -> bool:
@@ -135,17 +137,19 @@ class _Reader:
     def _take(self, name: str, default: Any) -> Any:
         return self.body.pop(name, default)
 
-    def _fail(self, name: str, expected: str, value: Any) -> FaultSpecError:
+    def fail(self, name: str, expected: str, value: Any) -> FaultSpecError:
         return FaultSpecError(f"{self.where}: {name!r} must be {expected}, got {value!r}.")
 
-    def integer(self, name: str, default: int | None, *, minimum: int, optional: bool = False) -> None:
+    def integer(
+        self, name: str, default: int | None, *, minimum: int, optional: bool = False
+    ) -> None:
         value = self._take(name, default)
         if value is None and optional:
             self.settings[name] = None
             return
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             expected = f"an integer of at least {minimum}" + (" or null" if optional else "")
-            raise self._fail(name, expected, value)
+            raise self.fail(name, expected, value)
         self.settings[name] = value
 
     def number(
@@ -164,20 +168,20 @@ class _Reader:
         is_number = isinstance(value, int | float) and not isinstance(value, bool)
         if not is_number or not low <= value <= high:
             expected = f"a number from {low} to {high}" + (" or null" if optional else "")
-            raise self._fail(name, expected, value)
+            raise self.fail(name, expected, value)
         self.settings[name] = float(value)
 
     def boolean(self, name: str, default: bool) -> None:
         value = self._take(name, default)
         if not isinstance(value, bool):
-            raise self._fail(name, "true or false", value)
+            raise self.fail(name, "true or false", value)
         self.settings[name] = value
 
     def choice(self, name: str, default: str | None, choices: Iterable[str]) -> None:
         options = list(choices)
         value = self._take(name, default)
         if value not in options:
-            raise self._fail(name, f"one of {options!r}", value)
+            raise self.fail(name, f"one of {options!r}", value)
         self.settings[name] = value
 
     def id_list(self, name: str) -> None:
@@ -186,7 +190,7 @@ class _Reader:
             isinstance(item, int) and not isinstance(item, bool) for item in value
         )
         if not valid:
-            raise self._fail(name, "a list of integer record ids", value)
+            raise self.fail(name, "a list of integer record ids", value)
         self.settings[name] = sorted(set(value))
 
     def trigger(self, *, count: int | None = 1) -> None:
@@ -237,7 +241,7 @@ def _parse_switch(index: int, body: Any) -> _Switch:
     elif kind == "server_error":
         read.integer("status", 503, minimum=500)
         if read.settings["status"] > 599:
-            raise read._fail("status", "a 5xx status", read.settings["status"])
+            raise read.fail("status", "a 5xx status", read.settings["status"])
         read.integer("retry_after", None, minimum=0, optional=True)
         read.choice("retry_after_form", "seconds", get_args(RetryAfterForm))
     elif kind == "delay":
@@ -265,7 +269,12 @@ def parse_faults(body: Any) -> list[_Switch]:
     unknown = sorted(set(body) - {"faults"})
     if unknown:
         raise FaultSpecError(f"Unknown top-level field(s) {unknown!r}; expected only 'faults'.")
-    return [_parse_switch(index, item) for index, item in enumerate(body["faults"])]
+    switches = [_parse_switch(index, item) for index, item in enumerate(body["faults"])]
+    for kind in ("token_expiry", "reject"):
+        # Both act on every call while on, so a second one could only blur the counts.
+        if sum(1 for switch in switches if switch.kind == kind) > 1:
+            raise FaultSpecError(f"Give at most one {kind!r} switch; merge their settings.")
+    return switches
 
 
 def bind_connection(app: ASGIApp, transport: asyncio.BaseTransport) -> ASGIApp:
@@ -311,7 +320,7 @@ class FaultBoard:
     def __init__(self) -> None:
         self._switches: list[_Switch] = []
 
-    def set(self, body: Any) -> None:
+    def configure(self, body: Any) -> None:
         """Replace every switch with those in a ``PUT /_admin/faults`` body; counts restart.
 
         Raises:
@@ -337,11 +346,7 @@ class FaultBoard:
     async def before(self, request: Request, group: EndpointGroup) -> Response | None:
         """Act before a request is processed; an answer returned here replaces the real one."""
         for switch in self._switches:
-            if group not in switch.groups or switch.kind == "truncate":
-                continue
-            if switch.kind in ("delay", "reset") and switch.settings["when"] != "before":
-                continue
-            if switch.kind not in ("invalid_token", "rate_limit", "server_error", "delay", "reset"):
+            if group not in switch.groups or switch.phase != "before":
                 continue
             if not switch.hit():
                 continue
@@ -490,11 +495,6 @@ def _truncated(response: Response, fraction: float) -> Response:
         headers=headers,
         media_type=response.media_type or "application/json",
     )
-
-
-def settings_of(switch: Any) -> dict[str, Any]:
-    """The settings of a switch dataclass as a plain dict (for logging)."""
-    return asdict(switch)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from types import TracebackType
@@ -40,9 +40,14 @@ WRITABLE_FIELDS: Final = ("status", "title", "owner", "amount")
 """Fields a batch update may change; every other field in an update is ignored."""
 
 RejectReason = Literal[
-    "not_found", "version_conflict", "invalid_status", "invalid_value", "duplicate_id"
+    "not_found",
+    "version_conflict",
+    "invalid_status",
+    "invalid_value",
+    "duplicate_id",
+    "rejected_by_fault",
 ]
-"""Why a batch update refused one record."""
+"""Why a batch update refused one record (the last reason only while a fault switch is on)."""
 
 IDEMPOTENCY_KEY_TTL_SECONDS: Final = 24 * 3600
 """How long a stored batch answer can be replayed, as payment APIs commonly do."""
@@ -396,6 +401,7 @@ class RecordStore:
         batch_id: str,
         now: str,
         idempotency: tuple[str, str] | None = None,
+        refused: Collection[int] = frozenset(),
     ) -> dict[str, Any]:
         """Apply a batch update in one transaction and return the API's answer.
 
@@ -405,6 +411,7 @@ class RecordStore:
             batch_id: The id to stamp on every updated record.
             now: The timestamp to store as ``updated_at``.
             idempotency: ``(key, request_sha256)`` to store the answer under, if a key was sent.
+            refused: Ids to reject as ``rejected_by_fault`` when nothing else is wrong with them.
 
         Returns:
             The answer body: batch id, counts, rejections and per-record results.
@@ -412,7 +419,7 @@ class RecordStore:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            answer = self._apply_batch(items, batch_id=batch_id, now=now)
+            answer = self._apply_batch(items, batch_id=batch_id, now=now, refused=refused)
             if idempotency is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?)",
@@ -426,7 +433,12 @@ class RecordStore:
         return answer
 
     def _apply_batch(
-        self, items: Sequence[Mapping[str, Any]], *, batch_id: str, now: str
+        self,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        batch_id: str,
+        now: str,
+        refused: Collection[int],
     ) -> dict[str, Any]:
         conn = self._conn
         ids = [item["id"] for item in items]
@@ -446,6 +458,8 @@ class RecordStore:
             record_id = item["id"]
             stored_version = versions.get(record_id)
             reason = _rejection(item, stored_version, record_id in seen)
+            if reason is None and record_id in refused:
+                reason = "rejected_by_fault"
             seen.add(record_id)
             if reason is not None:
                 rejected.append({"id": record_id, "reason": reason})
