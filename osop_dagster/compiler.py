@@ -50,6 +50,8 @@ ORDERING_EDGE_MODES = frozenset(
 )
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CRON_KEYS = ("cron", "schedule")
+REJECTION_CHECK = "no_rejected_records"
+_REJECTED_IN_CHECK = 100
 
 
 @dataclass(frozen=True)
@@ -510,12 +512,14 @@ def _node_asset(
     }
     data_keys = {asset_in.key for asset_in in ins.values()}
     order_only = [dep.asset_key for dep in specs[0].deps if dep.asset_key not in data_keys]
+    check = _rejection_check(workflow, node, specs[0].key)
 
     @dg.multi_asset(
         name=translator.get_op_name(workflow, node),
         outs=outs,
         ins=ins,
         deps=order_only,
+        check_specs=[check] if check else None,
         required_resource_keys={RESOURCE_KEYS[node.type]},
         op_tags=translator.get_run_tags(workflow),
     )
@@ -543,8 +547,46 @@ def _node_asset(
                 output_name=spec.key.to_python_identifier(),
                 metadata={**result.metadata, **_value_metadata(values[output])},
             )
+        if check is not None:
+            yield _rejection_result(check, result.value)
 
     return _materialize
+
+
+def _rejection_check(
+    workflow: OsopWorkflow, node: OsopNode, key: dg.AssetKey
+) -> dg.AssetCheckSpec | None:
+    """Batch writes get a check that fails when the API rejected some of the records sent."""
+    if not _is_batch_write(workflow, node):
+        return None
+    return dg.AssetCheckSpec(
+        name=REJECTION_CHECK,
+        asset=key,
+        description=(
+            "Fails when the API rejected records of the batch; the ids and reasons are in the "
+            "check's metadata and in the asset's 'rejected' list."
+        ),
+    )
+
+
+def _rejection_result(check: dg.AssetCheckSpec, value: Any) -> dg.AssetCheckResult:
+    rejected = value.get("rejected", []) if isinstance(value, Mapping) else []
+    sent = value.get("items_sent", 0) if isinstance(value, Mapping) else 0
+    return dg.AssetCheckResult(
+        check_name=check.name,
+        asset_key=check.asset_key,
+        passed=not rejected,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            f"The API rejected {len(rejected)} of {sent} records sent."
+            if rejected
+            else f"The API accepted all {sent} records sent."
+        ),
+        metadata={
+            constants.META_REJECTED_COUNT: len(rejected),
+            constants.META_REJECTED: rejected[:_REJECTED_IN_CHECK],
+        },
+    )
 
 
 def _any_gate_open(gates: Sequence[tuple[OsopEdge, Any]], values: Mapping[str, Any]) -> bool:

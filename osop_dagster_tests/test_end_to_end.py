@@ -174,3 +174,39 @@ def test_run_that_starts_after_the_token_expired_renews_it(
         assert renewed[constants.META_TOKEN_RENEWED] is True
         with service.open_store() as store:
             assert store.count(version=2) == len(store.ids_where(status="pending", age_days_gt=30))
+
+
+def test_records_rejected_by_the_batch_fail_its_check_and_are_audited(
+    fresh_reference_api: Any,
+    postgres_url: str,
+    postgres_instance: dg.DagsterInstance,
+    seed_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run completes, verification and audit included; the batch's check fails, listed."""
+    api = fresh_reference_api
+    selected = sorted(api.store.ids_where(status="pending", age_days_gt=30))
+    refused = selected[:3]
+    api.set_faults({"kind": "reject", "ids": refused})
+    _point_at(monkeypatch, api, postgres_url)
+
+    result = _defs(seed_path, tmp_path / "storage").resolve_job_def(JOB).execute_in_process(
+        instance=postgres_instance
+    )
+
+    assert result.success
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.check_name == "no_rejected_records"
+    assert evaluation.passed is False
+    assert evaluation.metadata[constants.META_REJECTED_COUNT].value == 3
+    receipt = result.asset_value(dg.AssetKey(["rest-api-workflow", "update_response"]))
+    assert sorted(item["id"] for item in receipt["rejected"]) == refused
+    assert {item["reason"] for item in receipt["rejected"]} == {"rejected_by_fault"}
+    assert api.store.count(version=2) == len(selected) - 3
+    assert all(api.store.get(record_id)["version"] == 1 for record_id in refused)
+    with psycopg.connect(postgres_url) as connection:
+        (figures,) = connection.execute(
+            "SELECT figures FROM osop_audit WHERE run_id = %s", (result.run_id,)
+        ).fetchone()
+    assert figures["update_response"]["rejected_count"] == 3
