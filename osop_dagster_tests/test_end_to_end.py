@@ -1,5 +1,8 @@
 """The example workflow, materialized through Dagster against the reference API and Postgres."""
 
+import shutil
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +13,7 @@ import psycopg
 import pytest
 
 from osop_dagster import constants
+from osop_dagster._embedded_postgres import EmbeddedPostgres
 from osop_dagster._postgres_url import parse_postgres_url
 from osop_dagster.definitions import build_osop_definitions
 from osop_dagster.io_manager import OsopJsonIOManager
@@ -191,8 +195,10 @@ def test_records_rejected_by_the_batch_fail_its_check_and_are_audited(
     api.set_faults({"kind": "reject", "ids": refused})
     _point_at(monkeypatch, api, postgres_url)
 
-    result = _defs(seed_path, tmp_path / "storage").resolve_job_def(JOB).execute_in_process(
-        instance=postgres_instance
+    result = (
+        _defs(seed_path, tmp_path / "storage")
+        .resolve_job_def(JOB)
+        .execute_in_process(instance=postgres_instance)
     )
 
     assert result.success
@@ -210,3 +216,51 @@ def test_records_rejected_by_the_batch_fail_its_check_and_are_audited(
             "SELECT figures FROM osop_audit WHERE run_id = %s", (result.run_id,)
         ).fetchone()
     assert figures["update_response"]["rejected_count"] == 3
+
+
+def test_audit_survives_a_postgres_restart_and_a_rerun_sends_no_batch_again(
+    fresh_reference_api: Any, seed_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart in the retry window is absorbed; an outage fails loudly; a rerun sends no batch."""
+    api = fresh_reference_api
+    # The embedded server runs as another OS user under root: its folder must be reachable.
+    folder = Path(tempfile.mkdtemp(prefix="osop-audit-restart-"))
+    folder.chmod(0o755)
+    server = EmbeddedPostgres(folder / "pg", database="osop_audit")
+    try:
+        url = server.start()
+        _point_at(monkeypatch, api, url)
+        job = _defs(seed_path, tmp_path / "storage").resolve_job_def(JOB)
+        audit = [dg.AssetKey(["rest-api-workflow", "audit_id"])]
+        before_audit = [key for key in job.asset_layer.selected_asset_keys if key not in audit]
+        with dg.instance_for_test() as instance:
+            assert job.execute_in_process(instance=instance, asset_selection=before_audit).success
+            batch_calls = api.stats()["requests"]["batch_calls"]
+
+            server.stop()
+            restart = threading.Timer(1.0, server.start)
+            restart.start()
+            survived = job.execute_in_process(instance=instance, asset_selection=audit)
+            restart.join()
+
+            server.stop()
+            down = job.execute_in_process(
+                instance=instance, asset_selection=audit, raise_on_error=False
+            )
+            server.start()
+            rerun = job.execute_in_process(instance=instance, asset_selection=audit)
+
+        assert survived.success
+        assert not down.success
+        (failure,) = down.get_step_failure_events()
+        description = failure.step_failure_data.user_failure_data.description
+        assert "could not write to Postgres" in description
+        assert "re-execute the run from this step" in description
+        assert rerun.success
+        assert api.stats()["requests"]["batch_calls"] == batch_calls
+        with psycopg.connect(url) as connection:
+            rows = connection.execute("SELECT run_id FROM osop_audit ORDER BY id").fetchall()
+        assert [row[0] for row in rows] == [survived.run_id, rerun.run_id]
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)

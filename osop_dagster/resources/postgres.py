@@ -127,12 +127,15 @@ class OsopPostgresResource(dagster.ConfigurableResource):
     Attributes:
         url: A ``postgresql://`` URL; may carry credentials.
         connect_timeout_sec: Time limit of one connection attempt.
-        connect_attempts: Connection attempts before the step fails.
+        connect_attempts: Attempts at the write before the step fails; with the default backoff
+            the six default attempts span about six seconds, enough for a server restart.
     """
 
     url: str | None = Field(default=None, description="Postgres URL, e.g. from OSOP_POSTGRES_URL.")
     connect_timeout_sec: int = Field(default=5, gt=0, description="Limit of one connect attempt.")
-    connect_attempts: int = Field(default=3, ge=1, description="Connection attempts in all.")
+    connect_attempts: int = Field(
+        default=6, ge=1, description="Attempts at the write in all, about 6 s with the default."
+    )
 
     def resolve_url(self, *, node_id: str, runtime: DbRuntime) -> PostgresUrl:
         """Choose the server of a node: the resource's URL, else a credential-free YAML one.
@@ -180,9 +183,17 @@ class OsopPostgresResource(dagster.ConfigurableResource):
         figures = summarise(inputs)
         started = time.monotonic()
 
-        with self._connect(node_id, target) as conn:
-            try:
-                with conn.transaction():
+        # The upsert is idempotent per (run, node), so the whole write may be retried when the
+        # server goes away between connecting and committing, as during a restart.
+        try:
+            for attempt in self._retrying():
+                with (
+                    attempt,
+                    psycopg.connect(
+                        target.psycopg_url, connect_timeout=self.connect_timeout_sec
+                    ) as conn,
+                    conn.transaction(),
+                ):
                     _ensure_table(conn, runtime)
                     row = conn.execute(
                         sql.SQL(
@@ -194,12 +205,20 @@ class OsopPostgresResource(dagster.ConfigurableResource):
                         ).format(table=runtime.table_identifier),
                         (workflow_id, node_id, run_id, json.dumps(figures)),
                     ).fetchone()
-            except psycopg.Error as exc:
-                raise OsopDatabaseError(
-                    f"Node {node_id!r}: writing the audit row to table {runtime.table!r} on "
-                    f"{target.target} failed: {_driver_message(exc, target)}",
-                    metadata={META_DATABASE: target.target, META_TABLE: runtime.table},
-                ) from exc
+        except psycopg.OperationalError as exc:
+            raise OsopDatabaseError(
+                f"Node {node_id!r}: could not write to Postgres at {target.target} after "
+                f"{self.connect_attempts} attempt(s): {_driver_message(exc, target)} Check that "
+                f"the server runs and that {ENV_POSTGRES_URL} points at it, then re-execute the "
+                "run from this step.",
+                metadata={META_DATABASE: target.target},
+            ) from exc
+        except psycopg.Error as exc:
+            raise OsopDatabaseError(
+                f"Node {node_id!r}: writing the audit row to table {runtime.table!r} on "
+                f"{target.target} failed: {_driver_message(exc, target)}",
+                metadata={META_DATABASE: target.target, META_TABLE: runtime.table},
+            ) from exc
 
         assert row is not None  # RETURNING always yields the written row
         audit_id, inserted = int(row[0]), bool(row[1])
@@ -225,27 +244,15 @@ class OsopPostgresResource(dagster.ConfigurableResource):
             },
         )
 
-    def _connect(self, node_id: str, target: PostgresUrl) -> psycopg.Connection[Any]:
-        try:
-            for attempt in stamina.retry_context(
-                on=psycopg.OperationalError,
-                attempts=self.connect_attempts,
-                wait_initial=0.2,
-                wait_max=2.0,
-                wait_jitter=0.2,
-            ):
-                with attempt:
-                    return psycopg.connect(
-                        target.psycopg_url, connect_timeout=self.connect_timeout_sec
-                    )
-        except psycopg.Error as exc:
-            raise OsopDatabaseError(
-                f"Node {node_id!r}: could not connect to Postgres at {target.target} after "
-                f"{self.connect_attempts} attempt(s): {_driver_message(exc, target)} Check that "
-                f"the server runs and that {ENV_POSTGRES_URL} points at it.",
-                metadata={META_DATABASE: target.target},
-            ) from exc
-        raise AssertionError("stamina.retry_context returned without an attempt")
+    def _retrying(self) -> Any:
+        """Attempts at one write: connection failures and lost connections are retried."""
+        return stamina.retry_context(
+            on=psycopg.OperationalError,
+            attempts=self.connect_attempts,
+            wait_initial=0.2,
+            wait_max=4.0,
+            wait_jitter=0.2,
+        )
 
 
 def _password_in_yaml(parsed: PostgresUrl) -> str:
