@@ -95,6 +95,18 @@ def run_demo(
     )
 
 
+def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
+    """The sentence the failed step gave, rather than Dagster's generic step message."""
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        if data is not None and data.user_failure_data and data.user_failure_data.description:
+            return f"{event.step_key}: {data.user_failure_data.description}"
+        if data is not None and data.error is not None:
+            return f"{event.step_key}: {data.error.message.strip()}"
+    event = result.get_run_failure_event()
+    return event.message if event is not None and event.message else "the run failed"
+
+
 def _figures(instance: dg.DagsterInstance, run_id: str) -> dict[str, Any]:
     """Counts from the run's materializations, keyed by asset name."""
     figures: dict[str, Any] = {}

@@ -24,6 +24,8 @@ class NodePlan:
     """The input holding the access token lease, for ``bearer_token`` nodes."""
     auth: str | None
     secret_ref: str | None
+    receipt_input: str | None = None
+    """The input holding a batch write's receipt, when the node asks about its batches."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,13 @@ def execute_node(
                 timeout_sec=node.timeout_sec,
                 retry=retry,
                 log=log,
+            )
+        elif plan.receipt_input and not _batch_ids(inputs.get(plan.receipt_input)):
+            # Nothing was sent, so there is nothing to ask about: an empty day is not a failure.
+            log.info("Node %r: the batch sent nothing, so there is nothing to verify.", node.id)
+            return NodeResult(
+                value={"skipped": True, "reason": "the batch sent nothing", "batch_ids": []},
+                metadata={},
             )
         else:
             token = inputs[plan.token_input] if plan.token_input else None
@@ -89,3 +98,8 @@ def execute_node(
             log=log,
         )
     return NodeResult(value=result.value, metadata=dict(result.metadata))
+
+
+def _batch_ids(receipt: Any) -> list[Any]:
+    ids = receipt.get("batch_ids") if isinstance(receipt, Mapping) else None
+    return ids if isinstance(ids, list) else []

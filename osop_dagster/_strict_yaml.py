@@ -22,6 +22,13 @@ LineMap = dict[Location, int]
 # billions of nodes once expanded. A workflow file is small, so a generous cap costs nothing.
 MAX_EXPANDED_NODES = 200_000
 
+# Parsing and validation recurse once per level of nesting; a few thousand brackets would exhaust
+# Python's stack. Real workflows nest fewer than ten levels.
+MAX_NESTING_DEPTH = 64
+
+# Python refuses to convert integers of more than 4300 digits; no workflow value needs 100.
+_MAX_NUMBER_DIGITS = 100
+
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
@@ -58,6 +65,21 @@ def _line(mark: yaml.Mark | None) -> int | None:
     return None if mark is None else mark.line + 1
 
 
+def _check_encodable(value: str, line: int | None) -> str:
+    """Refuse text holding a lone surrogate (U+D800 to U+DFFF): an escape that is no character."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise StrictYamlError(
+                f"the text on this line escapes the code point U+{ord(value[error.start]):04X}, "
+                "half of a surrogate pair, which is not a character",
+                line=line,
+                fix="Write the character itself instead of the escape.",
+            ) from None
+    return value
+
+
 class StrictSafeLoader(yaml.SafeLoader):
     """A safe YAML loader that refuses what YAML 1.1 would silently reinterpret.
 
@@ -82,9 +104,38 @@ class StrictSafeLoader(yaml.SafeLoader):
             "a boolean.",
         )
 
+    def construct_scalar(self, node: yaml.ScalarNode) -> Any:
+        """Build a scalar's text, refusing escapes that make no character."""
+        value = super().construct_scalar(node)
+        return _check_encodable(value, _line(node.start_mark)) if isinstance(value, str) else value
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        """Compose one node, refusing nesting deeper than :data:`MAX_NESTING_DEPTH`."""
+        # Composition recurses once per level; counting here stops a deep document before the
+        # Python stack runs out.
+        depth = getattr(self, "_osop_depth", 0) + 1
+        if depth > MAX_NESTING_DEPTH:
+            raise StrictYamlError(
+                f"the document nests lists and mappings more than {MAX_NESTING_DEPTH} levels deep",
+                line=_line(self.peek_event().start_mark),
+                fix="Flatten the structure; a workflow needs only a few levels.",
+            )
+        self._osop_depth = depth
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._osop_depth = depth - 1
+
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         """Accept decimal and hexadecimal integers; refuse octal, binary, base 60, underscores."""
         if _SAFE_INT.fullmatch(node.value):
+            if len(node.value) > _MAX_NUMBER_DIGITS:
+                self._refuse(
+                    node,
+                    f"the number on this line has {len(node.value)} digits, more than the "
+                    f"{_MAX_NUMBER_DIGITS} a workflow value may have",
+                    "Write a smaller number, or put the value in quotes if it is text.",
+                )
             return int(node.value, 0) if "x" in node.value else int(node.value, 10)
         self._refuse_number(node)
 
@@ -92,20 +143,30 @@ class StrictSafeLoader(yaml.SafeLoader):
         """Accept plain decimal floats, ``.inf`` and ``.nan``; refuse base 60 and underscores."""
         if _SAFE_FLOAT.fullmatch(node.value) or _SAFE_FLOAT_NAN.fullmatch(node.value):
             return super().construct_yaml_float(node)
+        if len(node.value) > _MAX_NUMBER_DIGITS and ":" in node.value:
+            # Reading a long base-60 number to quote it would itself hit Python's digit limit.
+            self._refuse(
+                node,
+                f"the unquoted value on this line is a {len(node.value)}-character base-60 "
+                "number in YAML 1.1",
+                "Put the value in quotes if it is text.",
+            )
         self._refuse_number(node)
 
     def _refuse_number(self, node: yaml.ScalarNode) -> NoReturn:
         value = node.value
         if ":" in value:
             reading = "a base-60 number"
-            if node.tag == _INT_TAG:
+            if node.tag == _INT_TAG and len(value) <= _MAX_NUMBER_DIGITS:
                 reading = f"a base-60 number ({super().construct_yaml_int(node)})"
         elif "_" in value:
             reading = "a number with its underscores dropped"
         elif value.lstrip("+-").startswith("0b"):
             reading = "a binary number"
-        else:
+        elif len(value) <= _MAX_NUMBER_DIGITS:
             reading = f"an octal number ({super().construct_yaml_int(node)})"
+        else:
+            reading = "an octal number"
         self._refuse(
             node,
             f"the unquoted value {value!r} is read by YAML 1.1 as {reading}, "
@@ -154,18 +215,37 @@ for _tag, _method in (
     StrictSafeLoader.add_constructor(_tag, _method)
 
 
-def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
-    key = id(node)
-    if key not in memo:
-        memo[key] = 1  # a recursive alias counts once instead of looping
+def _expanded_shape(root: yaml.Node) -> tuple[int, int]:
+    """The number of values and the nesting depth of a node tree once aliases are expanded.
+
+    Iterative, and each node is measured once: aliases of aliases may stand for a tree far
+    deeper and larger than the text, which is exactly what this measures before building it.
+    """
+    shapes: dict[int, tuple[int, int]] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in shapes and not children_done:
+            continue
         if isinstance(node, yaml.MappingNode):
             children = [child for pair in node.value for child in pair]
         elif isinstance(node, yaml.SequenceNode):
             children = list(node.value)
         else:
             children = []
-        memo[key] = 1 + sum(_expanded_size(child, memo) for child in children)
-    return memo[key]
+        if not children_done:
+            # A recursive alias meets its own node on the way down and counts once.
+            shapes[key] = (1, 1)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in shapes)
+            continue
+        known = [shapes[id(child)] for child in children]
+        shapes[key] = (
+            1 + sum(size for size, _ in known),
+            1 + max((depth for _, depth in known), default=0),
+        )
+    return shapes[id(root)]
 
 
 def _record_lines(
@@ -228,19 +308,33 @@ def load_yaml(text: str) -> tuple[Any, LineMap]:
     Raises:
         StrictYamlError: The text is broken YAML or uses a YAML 1.1-only form.
     """
-    loader = StrictSafeLoader(text)
+    try:
+        # The reader checks the characters as soon as it is made, so it belongs in the try.
+        loader = StrictSafeLoader(text)
+    except yaml.reader.ReaderError as error:
+        raise _unreadable(text, error) from None
     try:
         node = loader.get_single_node()
         if node is None:
             return None, {}
-        if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+        size, depth = _expanded_shape(node)
+        if size > MAX_EXPANDED_NODES:
             raise StrictYamlError(
                 f"the document expands to more than {MAX_EXPANDED_NODES} values through "
                 "anchors and aliases",
                 line=_line(node.start_mark),
                 fix="Write the repeated parts out, or use fewer nested aliases.",
             )
+        if depth > MAX_NESTING_DEPTH:
+            raise StrictYamlError(
+                f"the document nests lists and mappings more than {MAX_NESTING_DEPTH} levels "
+                "deep once its aliases are expanded",
+                line=_line(node.start_mark),
+                fix="Write the repeated parts out, or use fewer nested aliases.",
+            )
         data = loader.construct_document(node)
+    except yaml.reader.ReaderError as error:
+        raise _unreadable(text, error) from None
     except yaml.MarkedYAMLError as error:
         message, fix = _scanner_message(error)
         mark = error.problem_mark or error.context_mark
@@ -258,6 +352,18 @@ def load_yaml(text: str) -> tuple[Any, LineMap]:
     return data, lines
 
 
+def _unreadable(text: str, error: yaml.reader.ReaderError) -> StrictYamlError:
+    position = max(0, min(error.position, len(text)))
+    # Text (not bytes) reaches the reader, so the culprit is always a code point.
+    code = error.character if isinstance(error.character, int) else 0
+    return StrictYamlError(
+        f"the text holds the control character U+{code:04X}, which YAML does not allow; a "
+        "workflow file is plain text",
+        line=text.count("\n", 0, position) + 1,
+        fix="Remove the character, or check that this is the intended file and not a binary one.",
+    )
+
+
 class _JsonReader:
     """A small JSON reader that keeps lines and refuses duplicate keys.
 
@@ -271,7 +377,11 @@ class _JsonReader:
     def __init__(self, text: str) -> None:
         self.text = text
         self.lines: LineMap = {}
-        self._scan_string: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring
+        self._scan: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring
+
+    def _scan_string(self, text: str, offset: int) -> tuple[str, int]:
+        value, end = self._scan(text, offset)
+        return _check_encodable(value, self.line_at(offset)), end
 
     def line_at(self, offset: int) -> int:
         return self.text.count("\n", 0, offset) + 1
@@ -283,6 +393,12 @@ class _JsonReader:
     def value(self, offset: int, location: Location) -> tuple[Any, int]:
         offset = self.skip(offset)
         char = self.text[offset]
+        if char in "{[" and len(location) >= MAX_NESTING_DEPTH:
+            raise StrictYamlError(
+                f"the document nests arrays and objects more than {MAX_NESTING_DEPTH} levels deep",
+                line=self.line_at(offset),
+                fix="Flatten the structure; a workflow needs only a few levels.",
+            )
         if char == "{":
             return self.mapping(offset + 1, location)
         if char == "[":
@@ -300,6 +416,13 @@ class _JsonReader:
                 fix="Write NaN and Infinity as strings.",
             )
         number = match.group()
+        if len(number) > _MAX_NUMBER_DIGITS:
+            raise StrictYamlError(
+                f"the number at offset {offset} has {len(number)} characters, more than the "
+                f"{_MAX_NUMBER_DIGITS} a workflow value may have",
+                line=self.line_at(offset),
+                fix="Write a smaller number, or put the value in quotes if it is text.",
+            )
         is_float = match.group(2) is not None or match.group(3) is not None
         return (float(number) if is_float else int(number)), match.end()
 
@@ -345,8 +468,12 @@ class _JsonReader:
             offset += 1  # the comma
 
 
+class _NonStandardConstant(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity`` in JSON text."""
+
+
 def _refuse_constant(name: str) -> NoReturn:
-    raise ValueError(name)
+    raise _NonStandardConstant(name)
 
 
 def load_json(text: str) -> tuple[Any, LineMap]:
@@ -371,11 +498,20 @@ def load_json(text: str) -> tuple[Any, LineMap]:
             line=error.lineno,
             fix="Check the commas, quotes and brackets around this line.",
         ) from None
-    except ValueError as error:
+    except _NonStandardConstant as error:
         raise StrictYamlError(
             f"the JSON text uses the non-standard constant {error.args[0]!r}",
             line=None,
             fix="Write it as a string.",
+        ) from None
+    except ValueError:
+        # Python's own limit on the digits of an integer; the reader below names the line.
+        pass
+    except RecursionError:
+        raise StrictYamlError(
+            f"the document nests arrays and objects more than {MAX_NESTING_DEPTH} levels deep",
+            line=None,
+            fix="Flatten the structure; a workflow needs only a few levels.",
         ) from None
 
     reader = _JsonReader(text)

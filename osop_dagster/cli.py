@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from osop_dagster import constants
-from osop_dagster.compiler import build_osop_assets
+from osop_dagster.compiler import RUNNABLE_NODE_TYPES, build_osop_assets
 from osop_dagster.errors import OsopError, OsopSpecError, SpecProblem
 from osop_dagster.loader import load_workflow, workflow_files
 
@@ -74,13 +74,16 @@ def validate(args: argparse.Namespace) -> int:
         try:
             workflow = load_workflow(target)
             # Compiling checks what only running needs: the runtime vocabulary, cron triggers.
-            build_osop_assets(workflow)
+            compiled = build_osop_assets(workflow)
         except OsopSpecError as error:
             for problem in error.problems:
                 print(problem)
             status = EXIT_INVALID
             continue
         print(f"ok  {target} ({len(workflow.nodes)} nodes, {len(workflow.edges)} edges)")
+        for node_id, reason in compiled.not_runnable.items():
+            if workflow.node(node_id).type in RUNNABLE_NODE_TYPES:
+                print(f"    note: node {node_id!r} will not run: {reason}")
     return status
 
 
@@ -135,6 +138,7 @@ def ui(args: argparse.Namespace) -> int:
 
     with local_postgres(state_dir) as postgres:
         environment = instance_environment(project_dir, state_dir, postgres.url)
+        environment[constants.ENV_WORKFLOWS_DIR] = workflows
         with (
             reference_api(state_dir, secret_refs, args.records) as api,
             patched_environ({**environment, **api.environment}),
@@ -143,8 +147,13 @@ def ui(args: argparse.Namespace) -> int:
             print("Ctrl-C stops it.")
             # Its own session, so that stopping reaches the webserver, daemon and code servers
             # it starts; SIGINT restored, in case this process was started with it ignored.
+            # Started from DAGSTER_HOME, where dagster.yaml is, so that Dagster does not warn about
+            # the project's own copy in the working folder.
             server = subprocess.Popen(
-                command, cwd=project_dir, start_new_session=True, preexec_fn=_default_sigint
+                command,
+                cwd=environment["DAGSTER_HOME"],
+                start_new_session=True,
+                preexec_fn=_default_sigint,
             )
             try:
                 return server.wait()
@@ -192,6 +201,20 @@ def _group_alive(process: subprocess.Popen[bytes]) -> bool:
     return True
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a record count of 0 or more, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
+    return value
+
+
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # SystemExit unwinds the stack, so every `finally` stops what this process started.
     raise SystemExit(128 + signum)
@@ -221,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     project.add_argument(
         "--records",
-        type=int,
+        type=_count,
         default=10_000,
         help="size of the reference API's data set (default: 10000)",
     )
@@ -244,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="open the Dagster UI on 127.0.0.1 over the demo's instance",
         description="Run `dagster dev` on 127.0.0.1 over the instance `osop-dagster demo` uses.",
     )
-    serve.add_argument("--port", type=int, default=3000, help="TCP port (default: 3000)")
+    serve.add_argument("--port", type=_port, default=3000, help="TCP port (default: 3000)")
     serve.set_defaults(command=ui)
 
     return parser

@@ -33,7 +33,7 @@ from osop_dagster.errors import (
 )
 from osop_dagster.model import OsopEdge, OsopNode, OsopWorkflow
 from osop_dagster.resources.http import ApiRuntime
-from osop_dagster.resources.postgres import DbRuntime
+from osop_dagster.resources.postgres import POSTGRES_ENGINES, DbRuntime
 from osop_dagster.resources.shell import CliRuntime
 from osop_dagster.sensors import (
     RECOVERY_EDGE_MODES,
@@ -87,6 +87,7 @@ def build_osop_assets(
     upstream = dependency_graph(workflow)
     not_runnable = _find_not_runnable(workflow, upstream)
     plans, problems = _plan_runnable_nodes(workflow, not_runnable)
+    problems.extend(_name_clashes(workflow, translator))
     schedules, schedule_problems = _build_schedules(workflow, translator, not_runnable)
     problems.extend(schedule_problems)
     recoveries, recovery_problems = _plan_recoveries(workflow, translator, plans, upstream)
@@ -135,6 +136,26 @@ def output_names(node: OsopNode) -> list[str]:
     return list(node.output_names) or [node.id]
 
 
+def _name_clashes(workflow: OsopWorkflow, translator: OsopTranslator) -> list[SpecProblem]:
+    """Node ids that differ only in characters Dagster names cannot hold clash as op names."""
+    problems = []
+    seen: dict[str, OsopNode] = {}
+    for node in workflow.nodes:
+        name = translator.get_op_name(workflow, node)
+        first = seen.setdefault(name, node)
+        if first is not node:
+            problems.append(
+                workflow.problem(
+                    node.id,
+                    ("id",),
+                    f"the node ids {first.id!r} and {node.id!r} both become the Dagster op name "
+                    f"{name!r}",
+                    fix="Rename one of them.",
+                )
+            )
+    return problems
+
+
 def _find_not_runnable(workflow: OsopWorkflow, upstream: Mapping[str, list[str]]) -> dict[str, str]:
     """Why each node that cannot be materialized cannot, visiting upstream nodes first."""
     reasons: dict[str, str] = {}
@@ -176,7 +197,7 @@ def _own_reason(workflow: OsopWorkflow, node: OsopNode) -> str | None:
             )
     if node.type == "cli" and not runtime.get("command"):
         return "its runtime has no 'command' to run."
-    if node.type == "db" and str(runtime.get("engine", "")).lower() != "postgres":
+    if node.type == "db" and str(runtime.get("engine", "")).lower() not in POSTGRES_ENGINES:
         engine = runtime.get("engine")
         return f"osop_dagster runs db nodes on engine 'postgres' only, not {engine!r}."
     return None
@@ -247,10 +268,11 @@ def _plan_runnable_nodes(
             node.type
         ]
         raw = dict(node.runtime or {})
+        receipt_input = None
         if node.type == "api" and "query" not in raw:
-            receipt = _receipt_query(workflow, node)
-            if receipt:
-                raw["query"] = receipt
+            receipt_input = _receipt_input(workflow, node)
+            if receipt_input is not None:
+                raw["query"] = {"batch_id": f"${{{receipt_input}.batch_ids}}"}
         try:
             runtime = model.model_validate(raw)
         except pydantic.ValidationError as error:
@@ -263,6 +285,7 @@ def _plan_runnable_nodes(
             token_input=_token_input(workflow, node),
             auth=_auth(node),
             secret_ref=_secret_ref(node),
+            receipt_input=receipt_input,
         )
     return plans, problems
 
@@ -357,20 +380,21 @@ def _downstream(upstream: Mapping[str, list[str]], node_id: str) -> list[str]:
     return found
 
 
-def _receipt_query(workflow: OsopWorkflow, node: OsopNode) -> dict[str, str] | None:
-    """A GET that reads the answer of a batch write asks about that write's batches.
+def _receipt_input(workflow: OsopWorkflow, node: OsopNode) -> str | None:
+    """The input of a GET that is the answer of a batch write, if any.
 
     The example workflow verifies its batch update with a GET on the batches' status, leaving
-    implicit which batches: this default names them, unless the node sets ``runtime.query``.
-    A batch write is an ``api`` node with a write method that sends data from another node (not
-    a token request).
+    implicit which batches: by default such a GET asks about the write's batches
+    (``query: {batch_id: ${input.batch_ids}}``), unless the node sets ``runtime.query``. A batch
+    write is an ``api`` node with a write method that sends data from another node (not a
+    token request).
     """
     if str((node.runtime or {}).get("method", "GET")).upper() != "GET":
         return None
     for name in node.input_names:
         producer = workflow.producers.get(name)
         if producer is not None and _is_batch_write(workflow, workflow.node(producer)):
-            return {"batch_id": f"${{{name}.batch_ids}}"}
+            return name
     return None
 
 
@@ -501,14 +525,18 @@ def _node_asset(
         )
         for name, parameter in parameters.items()
     }
-    outputs = dict(zip(output_names(node), specs, strict=True))
+    # Output names must be identifiers, which OSOP output names need not be.
+    outputs = {
+        output: (f"out_{index}", spec)
+        for index, (output, spec) in enumerate(zip(output_names(node), specs, strict=True))
+    }
     # Dagster builds outputs that carry values only from specs without deps: data deps come
     # back as `ins`, edges that carry no data as `deps`. A gated node may yield nothing.
     outs = {
-        spec.key.to_python_identifier(): dg.AssetOut.from_spec(
+        name: dg.AssetOut.from_spec(
             spec.replace_attributes(deps=[]), dagster_type=Any, is_required=not gates
         )
-        for spec in specs
+        for name, spec in outputs.values()
     }
     data_keys = {asset_in.key for asset_in in ins.values()}
     order_only = [dep.asset_key for dep in specs[0].deps if dep.asset_key not in data_keys]
@@ -541,10 +569,10 @@ def _node_asset(
             raise dg.Failure(description=str(error)) from error
 
         values = _split_outputs(node, result.value)
-        for output, spec in outputs.items():
+        for output, (name, _) in outputs.items():
             yield dg.Output(
                 values[output],
-                output_name=spec.key.to_python_identifier(),
+                output_name=name,
                 metadata={**result.metadata, **_value_metadata(values[output])},
             )
         if check is not None:

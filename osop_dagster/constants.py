@@ -12,6 +12,8 @@ ENV_API_BASE_URL: Final = "OSOP_API_BASE_URL"
 """Replaces ``runtime.url`` of every ``api`` node, e.g. to point a workflow at staging."""
 ENV_POSTGRES_URL: Final = "OSOP_POSTGRES_URL"
 """Postgres server for ``db`` nodes and, in the command line, for Dagster's own storage."""
+ENV_ALLOW_INSECURE_HTTP: Final = "OSOP_ALLOW_INSECURE_HTTP"
+"""Set to ``1`` to let client credentials and tokens travel over plain http to any host."""
 
 # Metadata keys on asset specs and materializations.
 META_NODE_ID: Final = "osop/node_id"
@@ -103,3 +105,13 @@ TAG_WORKFLOW_ID: Final = "osop/workflow_id"
 
 # Workflow files larger than this are refused before parsing; real workflows are a few KiB.
 MAX_WORKFLOW_FILE_BYTES: Final = 1024 * 1024
+
+# Limits on the nodes osop_dagster runs (api, cli, db), checked when a workflow file loads. The
+# OSOP schema bounds none of these, but a node that retries a thousand times or waits a day
+# between attempts holds a run for ever; a longer outage is better met by running again later.
+MAX_NODE_RETRIES: Final = 10
+"""Largest ``retry_policy.max_retries`` of a runnable node."""
+MAX_NODE_BACKOFF_SEC: Final = 300
+"""Largest ``retry_policy.backoff_sec`` of a runnable node, in seconds."""
+MAX_NODE_TIMEOUT_SEC: Final = 86_400
+"""Largest ``timeout_sec`` of a runnable node, in seconds (one day)."""

@@ -9,7 +9,7 @@ import dagster as dg
 
 from osop_dagster import constants
 from osop_dagster.compiler import CompiledWorkflow, build_osop_assets
-from osop_dagster.errors import OsopSpecError
+from osop_dagster.errors import OsopSpecError, SpecProblem
 from osop_dagster.io_manager import OsopJsonIOManager
 from osop_dagster.loader import load_workflow, load_workflow_folder
 from osop_dagster.model import OsopWorkflow
@@ -69,11 +69,17 @@ def build_osop_definitions(
     workflows, errors = _load(source)
 
     compiled: list[CompiledWorkflow] = []
+    claimed: dict[str, OsopWorkflow] = {}
     for workflow in workflows:
         try:
+            _claim_names(workflow, translator, claimed)
             compiled.append(build_osop_assets(workflow, translator))
         except OsopSpecError as error:
             errors.append(error)
+        except dg.DagsterInvalidDefinitionError as error:
+            # A safety net: whatever Dagster refuses in one file must not hide the others.
+            problem = SpecProblem(workflow.source_path, None, "", f"Dagster refused it: {error}")
+            errors.append(OsopSpecError([problem]))
 
     logger = dg.get_dagster_logger()
     for error in errors:
@@ -83,7 +89,7 @@ def build_osop_definitions(
     return dg.Definitions(
         assets=[
             *(asset for item in compiled for asset in item.assets),
-            *(_invalid_file_spec(error) for error in errors),
+            *_invalid_file_specs(errors),
         ],
         jobs=[item.job for item in compiled if item.job is not None],
         schedules=[schedule for item in compiled for schedule in item.schedules],
@@ -91,6 +97,30 @@ def build_osop_definitions(
         resources={**build_osop_resources(), **(resources or {})},
         executor=dg.in_process_executor,
     )
+
+
+def _claim_names(
+    workflow: OsopWorkflow, translator: OsopTranslator, claimed: dict[str, OsopWorkflow]
+) -> None:
+    """Reserves the workflow's group name; ids such as ``a-b`` and ``a_b`` would share it."""
+    name = translator.get_group_name(workflow)
+    other = claimed.setdefault(name, workflow)
+    if other is not workflow:
+        raise OsopSpecError(
+            [
+                SpecProblem(
+                    path=workflow.source_path,
+                    line=workflow.line_of(("id",)),
+                    where="",
+                    message=(
+                        f"the workflow id {workflow.id!r} gives the same Dagster names (group "
+                        f"{name!r}, job {translator.get_job_name(workflow)!r}) as the id "
+                        f"{other.id!r} in {other.source_path}"
+                    ),
+                    fix="Rename one of the two workflow ids.",
+                )
+            ]
+        )
 
 
 def _load(
@@ -109,17 +139,31 @@ def _load(
     return workflows, errors
 
 
-def _invalid_file_spec(error: OsopSpecError) -> dg.AssetSpec:
-    name = Path(error.path).name
-    for suffix in constants.WORKFLOW_SUFFIXES:
-        name = name.removesuffix(suffix)
-    return dg.AssetSpec(
-        key=dg.AssetKey(["osop_invalid", python_name(name)]),
-        group_name=INVALID_GROUP,
-        description=(
-            "This workflow file could not be loaded, so none of its assets exist. Fix it and "
-            "reload the code location:\n\n" + "\n".join(f"- {p}" for p in error.problems)
-        ),
-        metadata={constants.META_SOURCE_FILE: error.path, constants.META_EXECUTABLE: False},
-        kinds={"osop"},
-    )
+def _invalid_file_specs(errors: list[OsopSpecError]) -> list[dg.AssetSpec]:
+    specs: list[dg.AssetSpec] = []
+    names: set[str] = set()
+    for error in errors:
+        base = python_name(Path(error.path).name)
+        name = next(
+            candidate
+            for candidate in (base, *(f"{base}_{number}" for number in range(2, len(errors) + 2)))
+            if candidate not in names
+        )
+        names.add(name)
+        specs.append(
+            dg.AssetSpec(
+                key=dg.AssetKey(["osop_invalid", name]),
+                group_name=INVALID_GROUP,
+                description=(
+                    "This workflow file could not be loaded, so none of its assets exist. Fix it "
+                    "and reload the code location:\n\n"
+                    + "\n".join(f"- {problem}" for problem in error.problems)
+                ),
+                metadata={
+                    constants.META_SOURCE_FILE: error.path,
+                    constants.META_EXECUTABLE: False,
+                },
+                kinds={"osop"},
+            )
+        )
+    return specs

@@ -17,6 +17,10 @@ Graph rules beyond the schema:
   declared by the file as a workflow parameter: a key of ``variables`` or a ``${name}``
   placeholder in some node's ``runtime``. Inputs of people and agents are context and free.
 - No node needs, through its inputs, an output that depends on its own output.
+- An executable node retries at most :data:`~osop_dagster.constants.MAX_NODE_RETRIES` times,
+  a whole number, waits at most :data:`~osop_dagster.constants.MAX_NODE_BACKOFF_SEC` seconds
+  between attempts, and has a ``timeout_sec`` above 0 and at most
+  :data:`~osop_dagster.constants.MAX_NODE_TIMEOUT_SEC`: each of these could hold a run for ever.
 """
 
 import difflib
@@ -29,7 +33,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from osop_dagster._strict_yaml import LineMap, Location, StrictYamlError, load_json, load_yaml
-from osop_dagster.constants import MAX_WORKFLOW_FILE_BYTES, WORKFLOW_SUFFIXES
+from osop_dagster.constants import (
+    MAX_NODE_BACKOFF_SEC,
+    MAX_NODE_RETRIES,
+    MAX_NODE_TIMEOUT_SEC,
+    MAX_WORKFLOW_FILE_BYTES,
+    WORKFLOW_SUFFIXES,
+)
 from osop_dagster.errors import OsopSpecError, SpecProblem
 from osop_dagster.model import OsopNode, OsopWorkflow
 
@@ -240,7 +250,7 @@ def _too_large(path: str, size: int) -> SpecProblem:
 
 def graph_problems(workflow: OsopWorkflow) -> list[SpecProblem]:
     """Problems of the workflow's graph that the schema cannot express; empty when sound."""
-    problems = _node_and_edge_problems(workflow)
+    problems = _node_and_edge_problems(workflow) + _limit_problems(workflow)
     if problems:
         # Later rules walk the graph, which needs unique ids and edges between known nodes.
         return problems
@@ -287,6 +297,51 @@ def _node_and_edge_problems(workflow: OsopWorkflow) -> list[SpecProblem]:
                         "Use the id of an existing node, or add the missing node.",
                     )
                 )
+    return problems
+
+
+def _limit_problems(workflow: OsopWorkflow) -> list[SpecProblem]:
+    problems: list[SpecProblem] = []
+    for node in workflow.nodes:
+        if node.type not in EXECUTABLE_NODE_TYPES:
+            continue
+        policy = node.retry_policy
+        retries = None if policy is None else policy.max_retries
+        # Comparing first keeps an infinite value away from int().
+        if retries is not None and (retries > MAX_NODE_RETRIES or retries != int(retries)):
+            problems.append(
+                workflow.problem(
+                    node.id,
+                    ("retry_policy", "max_retries"),
+                    f"retry_policy.max_retries is {retries!r}; expected a whole number from 0 to "
+                    f"{MAX_NODE_RETRIES}, since every retry repeats the call and its wait",
+                    f"Set max_retries to at most {MAX_NODE_RETRIES}; re-run the workflow later "
+                    "to ride out a longer outage.",
+                )
+            )
+        backoff = None if policy is None else policy.backoff_sec
+        if backoff is not None and not backoff <= MAX_NODE_BACKOFF_SEC:
+            problems.append(
+                workflow.problem(
+                    node.id,
+                    ("retry_policy", "backoff_sec"),
+                    f"retry_policy.backoff_sec is {backoff!r}; expected at most "
+                    f"{MAX_NODE_BACKOFF_SEC} seconds between two attempts",
+                    f"Set backoff_sec to {MAX_NODE_BACKOFF_SEC} or less.",
+                )
+            )
+        timeout = node.timeout_sec
+        if timeout is not None and not 0 < timeout <= MAX_NODE_TIMEOUT_SEC:
+            problems.append(
+                workflow.problem(
+                    node.id,
+                    ("timeout_sec",),
+                    f"timeout_sec is {timeout!r}; expected a number of seconds above 0 and at "
+                    f"most {MAX_NODE_TIMEOUT_SEC}, since a step without a time limit can hang "
+                    "for ever",
+                    "Set the time the step may take, e.g. timeout_sec: 60.",
+                )
+            )
     return problems
 
 

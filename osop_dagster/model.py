@@ -75,6 +75,9 @@ def _check_number(value: Any) -> int | float:
     # JSON Schema's "number": an int or a float, never a boolean, never text that looks numeric.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PydanticCustomError("number_type", "expected a number")
+    # YAML's .nan passes every comparison as false, so it would slip past each bound below.
+    if value != value:
+        raise PydanticCustomError("nan_number", "expected a number, got .nan (not a number)")
     return value
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from osop_dagster import constants
 from osop_dagster.definitions import INVALID_GROUP, build_osop_definitions
+from osop_dagster.io_manager import OsopJsonIOManager
 
 BROKEN = """\
 osop_version: "2.0"
@@ -46,7 +47,7 @@ def test_broken_file_shows_in_the_catalog_with_its_located_problem(folder: Path)
     defs = build_osop_definitions(folder)
     spec = next(spec for spec in defs.resolve_all_asset_specs() if spec.group_name == INVALID_GROUP)
 
-    assert spec.key == dg.AssetKey(["osop_invalid", "broken"])
+    assert spec.key == dg.AssetKey(["osop_invalid", "broken_osop_yaml"])
     assert "broken.osop.yaml, line 8, node 'fetch'" in spec.description
     assert "'FETCH'" in spec.description
     assert spec.metadata[constants.META_EXECUTABLE] is False
@@ -70,7 +71,7 @@ def test_code_location_reads_the_folder_from_the_environment(
     import osop_dagster.code_location as code_location
 
     defs = importlib.reload(code_location).defs
-    assert dg.AssetKey(["osop_invalid", "broken"]) in defs.resolve_all_asset_keys()
+    assert dg.AssetKey(["osop_invalid", "broken_osop_yaml"]) in defs.resolve_all_asset_keys()
 
 
 def test_postgres_url_reaches_the_resource_as_an_env_var_not_a_value(
@@ -83,3 +84,48 @@ def test_postgres_url_reaches_the_resource_as_an_env_var_not_a_value(
     resource = defs.resources["osop_postgres"]
     assert isinstance(resource.url, dg.EnvVar)
     assert "hunter2-secret" not in repr(resource)
+
+
+def test_ids_that_clash_as_dagster_names_reject_the_later_file(folder: Path) -> None:
+    clash = (
+        (folder / "rest-api-workflow.osop.yaml")
+        .read_text()
+        .replace("id: rest-api-workflow", "id: rest_api_workflow")
+    )
+    (folder / "z-clash.osop.yaml").write_text(clash)
+    (folder / "broken.osop.yml").write_text(BROKEN)
+
+    defs = build_osop_definitions(folder)
+
+    invalid = {
+        spec.key.path[-1]: spec.description
+        for spec in defs.resolve_all_asset_specs()
+        if spec.group_name == INVALID_GROUP
+    }
+    assert set(invalid) == {"broken_osop_yaml", "broken_osop_yml", "z_clash_osop_yaml"}
+    assert "gives the same Dagster names" in invalid["z_clash_osop_yaml"]
+    assert defs.resolve_job_def("rest_api_workflow_job") is not None
+
+
+def test_output_and_node_names_need_not_be_identifiers(tmp_path: Path) -> None:
+    (tmp_path / "spaced.osop.yaml").write_text(
+        """\
+osop_version: "2.0"
+id: spaced
+name: Spaced
+nodes:
+  - {id: "make list", type: cli, purpose: Make, runtime: {command: "jq -n '[1, 2]'"},
+     outputs: ["records list"]}
+  - {id: récords, type: cli, purpose: Count, runtime: {command: "jq 'length'"},
+     inputs: ["records list"], outputs: ["a/b:c"]}
+edges:
+  - {from: "make list", to: récords}
+"""
+    )
+    defs = build_osop_definitions(tmp_path)
+
+    result = defs.resolve_job_def("spaced_job").execute_in_process(
+        resources={"io_manager": OsopJsonIOManager(base_dir=str(tmp_path / "storage"))}
+    )
+    assert result.success
+    assert result.asset_value(dg.AssetKey(["spaced", "a/b:c"])) == 2

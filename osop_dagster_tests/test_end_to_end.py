@@ -264,3 +264,35 @@ def test_audit_survives_a_postgres_restart_and_a_rerun_sends_no_batch_again(
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_day_with_nothing_to_update_succeeds_and_is_audited(
+    postgres_url: str,
+    postgres_instance: dg.DagsterInstance,
+    seed_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with ReferenceApiProcess(tmp_path / "empty.sqlite3", records=0) as service:
+        api = type(
+            "Api",
+            (),
+            {
+                "base_url": service.base_url,
+                "client_id": "osop-reference-client",
+                "client_secret": service.client_secret,
+            },
+        )
+        _point_at(monkeypatch, api, postgres_url)
+        job = _defs(seed_path, tmp_path / "storage").resolve_job_def(JOB)
+        result = job.execute_in_process(instance=postgres_instance)
+
+    assert result.success
+    assert result.asset_value(dg.AssetKey(["rest-api-workflow", "filtered_records"])) == []
+    verification = result.asset_value(dg.AssetKey(["rest-api-workflow", "verification_result"]))
+    assert verification["skipped"] is True
+    with psycopg.connect(postgres_url) as connection:
+        (count,) = connection.execute(
+            "SELECT count(*) FROM osop_audit WHERE run_id = %s", (result.run_id,)
+        ).fetchone()
+    assert count == 1

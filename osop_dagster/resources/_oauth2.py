@@ -10,6 +10,7 @@ expired, it asks the token endpoint again with the same client credentials.
 
 import base64
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from osop_dagster.constants import META_STATUS
+from osop_dagster.constants import ENV_ALLOW_INSECURE_HTTP, META_STATUS
 from osop_dagster.errors import OsopAuthError, OsopConfigError, OsopHttpError
 from osop_dagster.resources._redaction import mask_url, preview, register_secret, safe_headers
 from osop_dagster.resources._retry import RetryableAnswer, is_retryable_status, parse_retry_after
@@ -89,6 +90,52 @@ def load_client_credentials(
         )
     register_secret(credentials.client_secret)
     return credentials
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a URL host names this machine: ``localhost``, 127.0.0.0/8 or ``::1``."""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_http_allowed(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``OSOP_ALLOW_INSECURE_HTTP`` lets credentials travel over plain http."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_ALLOW_INSECURE_HTTP, "").strip().lower() in ("1", "true", "yes")
+
+
+def require_secure_transport(
+    url: httpx.URL | str, what: str, *, allow_insecure: bool | None = None
+) -> None:
+    """Refuse to send a credential over plain http to a host other than this machine.
+
+    On the network, plain http shows the credential to anyone on the path; TLS (with the
+    certificate verified, as the HTTP resource does by default) keeps it between the two ends.
+
+    Args:
+        url: Where the credential would go.
+        what: The credential, for the message, e.g. ``"the client credentials of 'REF'"``.
+        allow_insecure: Overrides ``OSOP_ALLOW_INSECURE_HTTP`` when not ``None``.
+
+    Raises:
+        OsopConfigError: The URL is plain http to another machine and nothing allows it.
+    """
+    parsed = httpx.URL(url) if isinstance(url, str) else url
+    if parsed.scheme != "http" or is_loopback_host(parsed.host):
+        return
+    allowed = insecure_http_allowed() if allow_insecure is None else allow_insecure
+    if allowed:
+        return
+    raise OsopConfigError(
+        f"Refusing to send {what} over plain http to {parsed.host!r} ({mask_url(parsed)}): "
+        "anyone on the network path could read them. Use an https:// URL; only for a test "
+        f"network, set the environment variable {ENV_ALLOW_INSECURE_HTTP}=1 to allow it."
+    )
 
 
 def decode_body(response: httpx.Response, content: bytes) -> Any:
@@ -162,7 +209,13 @@ def build_token_request(
     scope: str | None,
     headers: Mapping[str, str] | None = None,
 ) -> httpx.Request:
-    """Build the access token request of RFC 6749 section 4.4.2."""
+    """Build the access token request of RFC 6749 section 4.4.2.
+
+    Raises:
+        OsopConfigError: The token URL is plain http to another machine (see
+            :func:`require_secure_transport`).
+    """
+    require_secure_transport(token_url, "client credentials")
     form: dict[str, str] = {"grant_type": "client_credentials"}
     if scope:
         form["scope"] = scope
@@ -332,6 +385,8 @@ class BearerAuth(httpx.Auth):
         # TODO(#4): the lease comes from asset storage; pin token_url to the origins the workflow
         # declares before client credentials are sent to it.
         token_url, secret_ref = self.lease["token_url"], self.lease["secret_ref"]
+        # Checked before any token is fetched: a refused API should not cost a token request.
+        require_secure_transport(request.url, "an access token")
         cached = cached_token(token_url, secret_ref)
         if cached is not None:
             token = cached.value

@@ -2,10 +2,13 @@
 
 Each strategy says which request comes first and, from an answer, which comes next or that the
 walk is over. The walk itself (:func:`walk_pages`) owns the guards every style shares: an empty
-page ends it, a cursor or link seen before fails it (the server is going round in circles), and
-a page cap fails it rather than fetching without end.
+page ends it, a cursor or link seen before fails it (the server is going round in circles), so
+does a page holding exactly the items of an earlier page (the same loop behind a link spelled
+differently), and a page cap fails it rather than fetching without end.
 """
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -249,6 +252,8 @@ def walk_pages(
 
     request = paginator.first()
     seen_markers: set[str] = set()
+    # Digest of each non-empty page's items -> its page number.
+    seen_pages: dict[str, int] = {}
     collected: list[Any] = []
     warnings: list[str] = []
     total: Any = None
@@ -274,6 +279,13 @@ def walk_pages(
                 f"list under one of {', '.join(ITEM_KEYS)}. Set pagination.items_path.",
                 metadata={"osop/pages": pages},
             )
+        # A page repeating an earlier one fails the walk below, once a repeated cursor or link
+        # (the more telling reason) has had its chance to be named.
+        repeats = None
+        if items:
+            digest = _items_digest(items)
+            repeats = seen_pages.get(digest)
+            seen_pages.setdefault(digest, pages)
         collected.extend(items)
 
         if total_path:
@@ -290,22 +302,29 @@ def walk_pages(
 
         if not items:
             break
-        if isinstance(total, int) and len(collected) >= total:
-            break
-        following = paginator.next(response, body, items)
-        if following is None:
-            break
-        if following.url is not None:
+        following = None
+        if not (isinstance(total, int) and len(collected) >= total):
+            following = paginator.next(response, body, items)
+        if following is not None and following.url is not None:
             _check_same_origin(response.request.url, following.url, describe)
 
-        marker = paginator.marker(following)
-        if marker is not None and marker in seen_markers:
+        marker = None if following is None else paginator.marker(following)
+        if following is not None and marker is not None and marker in seen_markers:
             shown = mask_url(marker) if following.url else marker
             raise OsopExecutionError(
                 f"{describe}: page {pages} points to a next page already fetched ({shown}); "
                 "the server's pagination is going round in circles, so paging stopped.",
                 metadata={"osop/pages": pages},
             )
+        if repeats is not None:
+            raise OsopExecutionError(
+                f"{describe}: page {pages} ({mask_url(response.request.url)}) holds the same "
+                f"{len(items)} items as page {repeats}; the server's pagination is going round "
+                "in circles, so paging stopped.",
+                metadata={"osop/pages": pages},
+            )
+        if following is None:
+            break
         if pages >= cap:
             raise OsopExecutionError(
                 f"{describe}: more than {cap} pages; stopped at the page cap with "
@@ -316,6 +335,11 @@ def walk_pages(
         request = following
 
     return PagedResult(collected, body, pages, warnings, response)
+
+
+def _items_digest(items: list[Any]) -> str:
+    text = json.dumps(items, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _check_same_origin(current: httpx.URL, next_url: str, describe: str) -> None:

@@ -8,6 +8,7 @@ client fills as it learns secrets.
 """
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -133,3 +134,43 @@ def preview(value: Any, limit: int = 2000) -> str:
 def mask_form(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Return form fields with credential values masked, for debug logs."""
     return [(name, MASK if is_sensitive_name(name) else scrub(value)) for name, value in pairs]
+
+
+# httpx logs every request at INFO with the full URL, and httpcore logs raw answer headers at
+# DEBUG; both bypass the masking above. Filters on a logger do not reach its children's records,
+# so each logger that writes is named.
+_LIBRARY_LOGGERS: Final = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+)
+
+
+class SecretScrubbingFilter(logging.Filter):
+    """Masks URLs and known secret values in the records of the HTTP libraries' loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message with credentials masked; never drops a record."""
+        args = record.args
+        if isinstance(args, tuple):
+            args = tuple(mask_url(arg) if isinstance(arg, httpx.URL) else arg for arg in args)
+        try:
+            message = str(record.msg) % args if args else str(record.msg)
+        except (TypeError, ValueError, KeyError):
+            message = str(record.msg)
+        record.msg, record.args = scrub(message), ()
+        return True
+
+
+def install_library_log_filters() -> None:
+    """Attach :class:`SecretScrubbingFilter` to the httpx and httpcore loggers, once."""
+    for name in _LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(item, SecretScrubbingFilter) for item in logger.filters):
+            logger.addFilter(SecretScrubbingFilter())
+
+
+install_library_log_filters()

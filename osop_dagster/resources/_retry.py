@@ -128,15 +128,23 @@ class RetryableAnswer(Exception):
         wait_sec: Seconds the server asked to wait (``Retry-After``), if it did.
         reached_server: Whether the request was processed far enough to have effects; a token
             request issued on the way to the real request did not reach it.
+        reason: What went wrong in a few words, for the WARNING of a retry; ``HTTP <status>``
+            when not given.
     """
 
     def __init__(
-        self, error: OsopHttpError, *, wait_sec: float | None, reached_server: bool = True
+        self,
+        error: OsopHttpError,
+        *,
+        wait_sec: float | None,
+        reached_server: bool = True,
+        reason: str | None = None,
     ) -> None:
         super().__init__(str(error))
         self.error = error
         self.wait_sec = wait_sec
         self.reached_server = reached_server
+        self.reason = reason
 
 
 def is_retryable_status(status: int) -> bool:
@@ -250,7 +258,7 @@ def call_with_retries(
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, RetryableAnswer):
-        return f"HTTP {exc.error.status}"
+        return exc.reason or f"HTTP {exc.error.status}"
     return type(exc).__name__
 
 

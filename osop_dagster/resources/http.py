@@ -507,6 +507,14 @@ class _Session:
             response, body = self.receive(request, auth=auth)
             status = response.status_code
             if (status in expect) if expect else response.is_success:
+                if isinstance(body, str) and _declares_json(response):
+                    # A JSON answer that does not parse was cut short or garbled on the way;
+                    # reading it as text would pass a fragment on as if it were the data.
+                    raise RetryableAnswer(
+                        _unreadable_json_error(describe, response, body),
+                        wait_sec=None,
+                        reason=f"HTTP {status} with a body that is not valid JSON",
+                    )
                 return response, body
             if status == 401 and isinstance(auth, BearerAuth):
                 # The token is no good any more; a later run must not present it again.
@@ -798,6 +806,28 @@ def _status_error(describe: str, response: httpx.Response, body: Any) -> OsopHtt
         message,
         status=status,
         body=masked,
+        headers=safe_headers(response.headers),
+        metadata={META_STATUS: status},
+    )
+
+
+def _declares_json(response: httpx.Response) -> bool:
+    media_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _unreadable_json_error(describe: str, response: httpx.Response, text: str) -> OsopHttpError:
+    try:
+        json.loads(text)
+        problem = "it could not be decoded"
+    except ValueError as error:
+        problem = str(error)
+    status = response.status_code
+    return OsopHttpError(
+        f"{describe} answered HTTP {status} with a body that is not valid JSON although its "
+        f"Content-Type says JSON ({problem}; {len(text)} characters received), so the answer "
+        "was probably cut short; it was not used.",
+        status=status,
         headers=safe_headers(response.headers),
         metadata={META_STATUS: status},
     )

@@ -24,7 +24,14 @@ import dagster
 import psycopg
 import stamina
 from psycopg import sql
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from osop_dagster._postgres_url import PostgresUrl, parse_postgres_url, scrub, validate_identifier
 from osop_dagster._summary import summarise
@@ -40,6 +47,8 @@ from osop_dagster.errors import OsopConfigError, OsopDatabaseError
 from osop_dagster.resources._vocabulary import RuntimeVocabulary
 
 DEFAULT_AUDIT_TABLE = "osop_audit"
+POSTGRES_ENGINES = frozenset({"postgres", "postgresql"})
+"""Spellings of the one engine ``db`` nodes run on; URLs say ``postgresql``."""
 
 
 class DbRuntime(RuntimeVocabulary):
@@ -63,15 +72,34 @@ class DbRuntime(RuntimeVocabulary):
     connection: str | None = None
     table: str = DEFAULT_AUDIT_TABLE
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _mask_connection_in_errors(
+        cls, data: Any, handler: ModelWrapValidatorHandler["DbRuntime"]
+    ) -> "DbRuntime":
+        # `hide_input_in_errors` hides the input from the error's text only; callers that list
+        # `errors()` would still find the URL, password and all, under "input".
+        try:
+            return handler(data)
+        except ValidationError as error:
+            details: list[Any] = []
+            for detail in error.errors(include_url=False):
+                if detail["loc"][:1] == ("connection",) and isinstance(detail["input"], str):
+                    detail["input"] = _masked(detail["input"])
+                details.append(detail)
+            raise ValidationError.from_exception_data(
+                error.title, details, hide_input=True
+            ) from None
+
     @field_validator("engine", mode="before")
     @classmethod
     def _engine_supported(cls, engine: Any) -> Any:
-        if engine != "postgres":
+        if not isinstance(engine, str) or engine.lower() not in POSTGRES_ENGINES:
             raise ValueError(
                 f"Expected runtime.engine 'postgres', got {engine!r}; it is the only database "
                 "engine osop_dagster runs."
             )
-        return engine
+        return "postgres"
 
     @field_validator("connection")
     @classmethod
@@ -253,6 +281,14 @@ class OsopPostgresResource(dagster.ConfigurableResource):
             wait_max=4.0,
             wait_jitter=0.2,
         )
+
+
+def _masked(connection: str) -> str:
+    try:
+        return parse_postgres_url(connection).masked
+    except OsopConfigError:
+        # Not a URL this product reads: nothing in it can be shown safely.
+        return "***"
 
 
 def _password_in_yaml(parsed: PostgresUrl) -> str:
