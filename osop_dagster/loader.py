@@ -83,7 +83,11 @@ def load_workflow(path: str | os.PathLike[str]) -> OsopWorkflow:
         size = os.stat(source).st_size
         if size > MAX_WORKFLOW_FILE_BYTES:
             raise OsopSpecError([_too_large(source, size)])
-        data = Path(source).read_bytes()
+        # A device or a pipe reports size 0: read no more than the limit allows either way.
+        with open(source, "rb") as handle:
+            data = handle.read(MAX_WORKFLOW_FILE_BYTES + 1)
+        if len(data) > MAX_WORKFLOW_FILE_BYTES:
+            raise OsopSpecError([_too_large(source, len(data))])
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise OsopSpecError(

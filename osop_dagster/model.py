@@ -12,7 +12,7 @@ then carry no line numbers.
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 from pydantic import (
@@ -605,6 +605,14 @@ class OsopWorkflow(_OsopModel):
 
     _source_path: str = PrivateAttr(default="<workflow>")
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
+    # Derived lookups, computed once: the model is frozen, and the compiler asks for them per
+    # node and per dependency, which would otherwise cost quadratic time and more.
+    _derived: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def _memo(self, name: str, compute: Callable[[], Any]) -> Any:
+        if name not in self._derived:
+            self._derived[name] = compute()
+        return self._derived[name]
 
     @model_validator(mode="after")
     def _bind(self, info: ValidationInfo) -> "OsopWorkflow":
@@ -630,14 +638,24 @@ class OsopWorkflow(_OsopModel):
         Raises:
             KeyError: No node has this id.
         """
+        by_id: dict[str, OsopNode] = self._memo("nodes", self._index_nodes)
+        try:
+            return by_id[node_id]
+        except KeyError:
+            raise KeyError(f"Workflow {self.id!r} has no node {node_id!r}.") from None
+
+    def _index_nodes(self) -> dict[str, OsopNode]:
+        by_id: dict[str, OsopNode] = {}
         for node in self.nodes:
-            if node.id == node_id:
-                return node
-        raise KeyError(f"Workflow {self.id!r} has no node {node_id!r}.")
+            by_id.setdefault(node.id, node)
+        return by_id
 
     @property
     def all_producers(self) -> dict[str, tuple[str, ...]]:
         """Every output name with the ids of the nodes producing it, in file order."""
+        return dict(self._memo("all_producers", self._all_producers))
+
+    def _all_producers(self) -> dict[str, tuple[str, ...]]:
         producers: dict[str, list[str]] = {}
         for node in self.nodes:
             for name in node.output_names:
@@ -651,6 +669,9 @@ class OsopWorkflow(_OsopModel):
         When alternative branches produce the same name (see the loader's rules), the node
         reached without a condition wins, else the first in the file.
         """
+        return dict(self._memo("producers", self._producers))
+
+    def _producers(self) -> dict[str, str]:
         conditional = self.conditionally_reached()
         result: dict[str, str] = {}
         for name, ids in self.all_producers.items():
@@ -660,13 +681,24 @@ class OsopWorkflow(_OsopModel):
 
     def incoming(self, node_id: str) -> Iterator[OsopEdge]:
         """The edges leading to a node, including switch cases and defaults."""
-        return (edge for edge in self.edges if node_id in edge.targets())
+        by_target: dict[str, list[OsopEdge]] = self._memo("incoming", self._index_incoming)
+        return iter(by_target.get(node_id, ()))
+
+    def _index_incoming(self) -> dict[str, list[OsopEdge]]:
+        by_target: dict[str, list[OsopEdge]] = {}
+        for edge in self.edges:
+            for target in dict.fromkeys(edge.targets()):
+                by_target.setdefault(target, []).append(edge)
+        return by_target
 
     def conditionally_reached(self) -> frozenset[str]:
         """Ids of nodes that a run reaches only through edges it may skip.
 
         Such a node has at least one incoming edge and every incoming edge is conditional.
         """
+        return frozenset(self._memo("conditionally_reached", self._conditionally_reached))
+
+    def _conditionally_reached(self) -> frozenset[str]:
         reached = set()
         for node in self.nodes:
             edges = list(self.incoming(node.id))
