@@ -9,6 +9,8 @@ import pydantic
 
 from osop_dagster.model import OsopNode
 
+_ROOT_RUN_TAG: Final = "dagster/root_run_id"
+
 RESOURCE_KEYS: Final = {"api": "osop_http", "cli": "osop_shell", "db": "osop_postgres"}
 """Resource key of each runnable node type."""
 
@@ -77,7 +79,7 @@ def execute_node(
                 token=token,
                 timeout_sec=node.timeout_sec,
                 retry=retry,
-                idempotency_prefix=f"{plan.workflow_id}/{node.id}",
+                idempotency_prefix=_idempotency_prefix(context, plan),
                 log=log,
             )
     elif node.type == "cli":
@@ -98,6 +100,17 @@ def execute_node(
             log=log,
         )
     return NodeResult(value=result.value, metadata=dict(result.metadata))
+
+
+def _idempotency_prefix(context: dg.AssetExecutionContext, plan: NodePlan) -> str:
+    """The prefix of the node's idempotency keys: the same for a run and its re-executions.
+
+    Re-executions and recovery runs share their failed run's root run id, so a chunk that run
+    already applied is answered from the server's record; an unrelated later run sending the
+    same records gets keys of its own.
+    """
+    root = context.run.tags.get(_ROOT_RUN_TAG, context.run.run_id)
+    return f"{plan.workflow_id}/{plan.node.id}/{root}"
 
 
 def _batch_ids(receipt: Any) -> list[Any]:

@@ -558,6 +558,34 @@ def test_redirect_on_the_same_host_keeps_authorization(
     assert api.requests[-1].headers["Authorization"].startswith("Bearer ")
 
 
+def test_token_request_is_not_redirected_to_another_host(
+    resource: OsopHttpResource, api: FakeApi
+) -> None:
+    """A 307 would resend the form body, client secret included, to the other host."""
+    api.overrides["/oauth/token"] = lambda request: httpx.Response(
+        307, headers={"Location": "https://collector.test/collect"}
+    )
+    runtime = ApiRuntime(
+        url=BASE_URL,
+        endpoint="/oauth/token",
+        method="POST",
+        token={"client_auth": "client_secret_post"},
+    )
+
+    with pytest.raises(OsopHttpError, match="redirect to another host") as raised:
+        resource.authenticate(
+            node_id="authenticate",
+            runtime=runtime,
+            secret_ref=SECRET_REF,
+            timeout_sec=10,
+            retry=RetrySettings(),
+            log=LOG,
+        )
+
+    assert all(request.url.host != "collector.test" for request in api.requests)
+    assert CLIENT_SECRET not in str(raised.value)
+
+
 def test_secrets_stay_out_of_logs_errors_and_metadata(
     resource: OsopHttpResource, api: FakeApi, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -8,9 +8,11 @@ of :mod:`._retry`, and everything logged or raised passes the masking of :mod:`.
 Runtime values may hold ``${input.path}`` templates, resolved by :mod:`._templates`.
 """
 
+import functools
 import json
 import logging
 import os
+import ssl
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -318,18 +320,52 @@ class OsopHttpResource(dagster.ConfigurableResource):
         if self._transport is not None:
             transport = _LoggingTransport(self._transport, log, owned=False)
         else:
-            inner = httpx.HTTPTransport(verify=self.verify_tls, retries=0)
+            verify = _verified_tls() if self.verify_tls else False
+            inner = httpx.HTTPTransport(verify=verify, retries=0)
             transport = _LoggingTransport(inner, log, owned=True)
         client = httpx.Client(
             transport=transport,
             timeout=httpx.Timeout(timeout),
             follow_redirects=self.follow_redirects,
+            event_hooks={"response": [_refuse_body_to_other_host]},
             headers={"User-Agent": self.user_agent, "Accept": "application/json"},
             # No proxies or .netrc credentials picked up from the environment behind our back.
             trust_env=False,
         )
         settings = retry.model_copy(update={"max_retry_after_sec": self.max_retry_after_sec})
         return _Session(node_id, client, transport, settings, log, self.max_response_bytes)
+
+
+@functools.cache
+def _verified_tls() -> "ssl.SSLContext":
+    # Loading the CA bundle takes tens of milliseconds; one context serves every node call.
+    return httpx.create_ssl_context()
+
+
+def _refuse_body_to_other_host(response: httpx.Response) -> None:
+    """Stops a redirect that would resend a request body to another host.
+
+    httpx drops ``Authorization`` on a redirect to another origin, but a 307 or 308 resends the
+    body, which may hold client credentials (``client_secret_post``) or records.
+    """
+    if not response.has_redirect_location:
+        return
+    request = response.request
+    target = request.url.join(response.headers["Location"])
+    same_origin = (target.scheme, target.host, target.port) == (
+        request.url.scheme,
+        request.url.host,
+        request.url.port,
+    )
+    if same_origin or request.method in ("GET", "HEAD"):
+        return
+    raise OsopHttpError(
+        f"{request.method} {mask_url(request.url)} answered {response.status_code} with a "
+        f"redirect to another host, {mask_url(target)}; it is not followed, since the request's "
+        "body would go there too. Point the workflow at the final URL.",
+        status=response.status_code,
+        headers=safe_headers(response.headers),
+    )
 
 
 @dataclass(frozen=True)
