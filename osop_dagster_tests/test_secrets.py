@@ -1,0 +1,351 @@
+"""Secrets canary: client secrets and access tokens never leave the process that holds them.
+
+The example workflow runs through Dagster on a Postgres-backed instance, against the reference
+service (a success, then a client secret the token endpoint refuses) and against a small echoing
+API on 127.0.0.1 whose error answers quote the ``Authorization`` header and the token back. After
+each run, every place a value could land is read: the event log (each event's repr, so
+materialization metadata and failure descriptions too), run config and tags, every file under the
+instance's folder (compute logs, temp files) and the asset storage, and the log output at DEBUG.
+
+Credentials also travel only over TLS, or to this machine: plain http to another host is refused
+before anything is sent, unless ``OSOP_ALLOW_INSECURE_HTTP`` allows it.
+"""
+
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import httpx
+import pytest
+import stamina
+
+from osop_dagster import constants
+from osop_dagster._postgres_url import parse_postgres_url
+from osop_dagster.definitions import build_osop_definitions
+from osop_dagster.errors import OsopConfigError
+from osop_dagster.io_manager import OsopJsonIOManager
+from osop_dagster.resources import _oauth2
+from osop_dagster.resources.http import ApiRuntime, OsopHttpResource, RetrySettings
+from osop_dagster_tests.fixtures.fake_api import CLIENT_ID, CLIENT_SECRET, FakeApi
+from osop_dagster_tests.fixtures.reference_api import ReferenceApi
+
+SECRET_REF = "SERVICE_CLIENT_CREDENTIALS"
+JOB = "rest_api_workflow_job"
+LOG = logging.getLogger("osop_test.secrets")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(constants.ENV_ALLOW_INSECURE_HTTP, raising=False)
+    _oauth2.clear_token_cache()
+    with stamina.set_testing(True, attempts=10, cap=True):
+        yield
+    _oauth2.clear_token_cache()
+
+
+# Plain http: credentials go only over TLS or to this machine.
+
+
+def _resource(api: FakeApi) -> OsopHttpResource:
+    resource = OsopHttpResource()
+    resource._transport = api.transport()
+    return resource
+
+
+def _authenticate(resource: OsopHttpResource, url: str) -> dict[str, Any]:
+    return resource.authenticate(
+        node_id="authenticate",
+        runtime=ApiRuntime(url=url, endpoint="/oauth/token", method="POST"),
+        secret_ref=SECRET_REF,
+        timeout_sec=10,
+        retry=RetrySettings(),
+        log=LOG,
+    ).value
+
+
+def _get(resource: OsopHttpResource, url: str, lease: dict[str, Any]) -> Any:
+    return resource.call(
+        node_id="get_records",
+        runtime=ApiRuntime(url=url, endpoint="/api/v2/records"),
+        inputs={},
+        token=lease,
+        timeout_sec=None,
+        retry=RetrySettings(),
+        idempotency_prefix="run",
+        log=LOG,
+    ).value
+
+
+@pytest.mark.parametrize("url", ["http://api.example.test", "http://10.1.2.3:8080"])
+def test_client_credentials_are_not_sent_over_plain_http_to_another_host(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_REF, f"{CLIENT_ID}:{CLIENT_SECRET}")
+    api = FakeApi()
+
+    with pytest.raises(OsopConfigError) as raised:
+        _authenticate(_resource(api), url)
+
+    assert api.requests == []
+    message = str(raised.value)
+    assert "plain http" in message and "https://" in message
+    assert constants.ENV_ALLOW_INSECURE_HTTP in message
+    assert CLIENT_SECRET not in message
+
+
+def test_bearer_token_is_not_sent_over_plain_http_to_another_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lease comes from an https token endpoint; the API itself is plain http."""
+    monkeypatch.setenv(SECRET_REF, f"{CLIENT_ID}:{CLIENT_SECRET}")
+    api = FakeApi()
+    resource = _resource(api)
+    lease = _authenticate(resource, "https://api.test")
+    sent = len(api.requests)
+
+    with pytest.raises(OsopConfigError, match="an access token over plain http"):
+        _get(resource, "http://api.test", lease)
+
+    assert len(api.requests) == sent
+    assert api.tokens_issued[0] not in repr(api.requests)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8765", "http://localhost:8765", "http://[::1]:8765", "https://api.test"],
+)
+def test_credentials_may_go_to_this_machine_or_over_tls(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_REF, f"{CLIENT_ID}:{CLIENT_SECRET}")
+    api = FakeApi()
+    resource = _resource(api)
+
+    lease = _authenticate(resource, url)
+    records = _get(resource, url, lease)
+
+    assert len(records) == len(api.records)
+    assert api.requests[-1].headers["Authorization"].startswith("Bearer ")
+
+
+def test_insecure_http_is_allowed_only_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SECRET_REF, f"{CLIENT_ID}:{CLIENT_SECRET}")
+    monkeypatch.setenv(constants.ENV_ALLOW_INSECURE_HTTP, "1")
+    api = FakeApi()
+    resource = _resource(api)
+
+    lease = _authenticate(resource, "http://api.test")
+    _get(resource, "http://api.test", lease)
+
+    assert len(api.requests) >= 2
+    assert {request.url.scheme for request in api.requests} == {"http"}
+
+
+def test_redirect_downgrading_to_plain_http_drops_authorization(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(SECRET_REF, f"{CLIENT_ID}:{CLIENT_SECRET}")
+    api = FakeApi()
+    api.overrides["/api/v2/records"] = lambda request: httpx.Response(
+        302, headers={"Location": "http://api.test/landing"}
+    )
+    api.overrides["/landing"] = lambda request: httpx.Response(200, json=[])
+    resource = _resource(api)
+
+    _get(resource, "https://api.test", _authenticate(resource, "https://api.test"))
+
+    assert api.requests[-1].url.scheme == "http"
+    assert "Authorization" not in api.requests[-1].headers
+
+
+# The canary, through Dagster runs.
+
+
+class _EchoingApi:
+    """A token endpoint that issues ``token``, and records endpoints that quote it back.
+
+    ``mode`` picks the answer of ``GET /api/v2/records``: ``echo_400`` is a JSON error that
+    quotes the ``Authorization`` header and every request header; ``text_500`` a plain-text
+    server error that quotes the token, with the header echoed in the answer's headers too.
+    """
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.mode = "echo_400"
+        self.requests = 0
+        echoing = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                echoing.requests += 1
+                self._answer(
+                    200,
+                    json.dumps(
+                        {"access_token": echoing.token, "token_type": "bearer", "expires_in": 600}
+                    ),
+                    "application/json",
+                )
+
+            def do_GET(self) -> None:
+                echoing.requests += 1
+                authorization = self.headers.get("Authorization", "")
+                if echoing.mode == "echo_400":
+                    body = {
+                        "error": "bad_request",
+                        "message": f"rejected the header Authorization: {authorization}",
+                        "received": dict(self.headers.items()),
+                    }
+                    self._answer(400, json.dumps(body), "application/json")
+                else:
+                    text = f"upstream refused {authorization} (token {echoing.token})"
+                    self._answer(500, text, "text/plain", {"X-Echo": authorization})
+
+            def _answer(
+                self, status: int, body: str, kind: str, extra: dict[str, str] | None = None
+            ) -> None:
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (extra or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Keep the test output quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "_EchoingApi":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def instance(postgres_url: str) -> Iterator[dg.DagsterInstance]:
+    """A Dagster instance whose runs and event log live in the test Postgres database."""
+    storage_url = parse_postgres_url(postgres_url).sqlalchemy_url
+    overrides = {"storage": {"postgres": {"postgres_url": storage_url}}}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        yield instance
+
+
+def _run(seed: Path, storage: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    defs = build_osop_definitions(
+        [seed], resources={"io_manager": OsopJsonIOManager(base_dir=str(storage))}
+    )
+    return defs.resolve_job_def(JOB).execute_in_process(
+        instance=instance, raise_on_error=False, tags={"osop/test": "canary"}
+    )
+
+
+def _everything_written(
+    instance: dg.DagsterInstance, run_ids: list[str], folders: list[Path], logged: str
+) -> str:
+    parts = [logged]
+    for run_id in run_ids:
+        run = instance.get_run_by_id(run_id)
+        assert run is not None
+        parts += [repr(run.run_config), repr(run.tags)]
+        records = instance.get_records_for_run(run_id=run_id, limit=100_000).records
+        parts += [repr(record.event_log_entry) for record in records]
+    for folder in [Path(instance.root_directory), *folders]:
+        parts += [
+            path.read_bytes().decode("utf-8", errors="replace")
+            for path in folder.rglob("*")
+            if path.is_file()
+        ]
+    return "\n".join(parts)
+
+
+def _failure_text(instance: dg.DagsterInstance, run_id: str) -> str:
+    records = instance.get_records_for_run(
+        run_id=run_id, of_type=dg.DagsterEventType.STEP_FAILURE
+    ).records
+    return "\n".join(repr(record.event_log_entry) for record in records)
+
+
+@pytest.mark.integration
+def test_secrets_stay_out_of_every_record_of_a_good_and_a_refused_run(
+    fresh_reference_api: ReferenceApi,
+    postgres_url: str,
+    instance: dg.DagsterInstance,
+    repo_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    api = fresh_reference_api
+    seed = repo_root / "workflows" / "rest-api-workflow.osop.yaml"
+    storage = tmp_path / "storage"
+    wrong_secret = f"canary-wrong-secret-{secrets.token_hex(12)}"
+    monkeypatch.setenv(constants.ENV_API_BASE_URL, api.base_url)
+    monkeypatch.setenv(constants.ENV_POSTGRES_URL, postgres_url)
+    caplog.set_level(logging.DEBUG)
+
+    monkeypatch.setenv(SECRET_REF, f"{api.client_id}:{api.client_secret}")
+    good = _run(seed, storage, instance)
+    _oauth2.clear_token_cache()
+    monkeypatch.setenv(SECRET_REF, f"{api.client_id}:{wrong_secret}")
+    refused = _run(seed, storage, instance)
+
+    assert good.success
+    assert not refused.success
+    assert SECRET_REF in _failure_text(instance, refused.run_id)
+    tokens = api.live_tokens()
+    assert tokens
+    written = _everything_written(instance, [good.run_id, refused.run_id], [storage], caplog.text)
+    assert len(written) > 10_000
+    for secret in (*tokens, api.client_secret, wrong_secret):
+        assert secret not in written
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["echo_400", "text_500"])
+def test_secrets_quoted_back_by_an_api_stay_out_of_every_record(
+    mode: str,
+    postgres_url: str,
+    instance: dg.DagsterInstance,
+    repo_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The API answers errors that quote the bearer token, in the body and in a header."""
+    token = f"canary-token-{secrets.token_hex(16)}"
+    client_secret = f"canary-client-secret-{secrets.token_hex(12)}"
+    seed = repo_root / "workflows" / "rest-api-workflow.osop.yaml"
+    storage = tmp_path / "storage"
+    caplog.set_level(logging.DEBUG)
+
+    with _EchoingApi(token) as api:
+        api.mode = mode
+        monkeypatch.setenv(constants.ENV_API_BASE_URL, api.base_url)
+        monkeypatch.setenv(constants.ENV_POSTGRES_URL, postgres_url)
+        monkeypatch.setenv(SECRET_REF, f"echo-client:{client_secret}")
+        result = _run(seed, storage, instance)
+
+    assert not result.success
+    failure = _failure_text(instance, result.run_id)
+    assert "get_records" in failure
+    assert "***" in failure
+    written = _everything_written(instance, [result.run_id], [storage], caplog.text)
+    assert api.requests >= 2
+    for secret in (token, client_secret):
+        assert secret not in written
