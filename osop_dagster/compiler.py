@@ -14,6 +14,7 @@ OSOP file can be browsed.
 """
 
 import graphlib
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,10 @@ ORDERING_EDGE_MODES = frozenset(
 )
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CRON_KEYS = ("cron", "schedule")
+_DAGSTER_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 REJECTION_CHECK = "no_rejected_records"
+# Names pydantic gives the members of `X | Y` fields in error locations.
+_UNION_MEMBER_NAMES = frozenset({"PaginationSettings", "BatchSettings", "str", "int", "dict"})
 _REJECTED_IN_CHECK = 100
 
 
@@ -276,7 +280,7 @@ def _plan_runnable_nodes(
         try:
             runtime = model.model_validate(raw)
         except pydantic.ValidationError as error:
-            problems.extend(_runtime_problems(workflow, node, error))
+            problems.extend(_runtime_problems(workflow, node, error, model))
             continue
         plans[node.id] = NodePlan(
             workflow_id=workflow.id,
@@ -313,7 +317,7 @@ def _plan_recoveries(
                     workflow.edge_problem(
                         edge,
                         ("when",),
-                        f"the condition {edge.when!r} is not valid CEL: {error}",
+                        f"the condition {edge.when!r} is not valid CEL: {_first_line(error)}",
                         fix="Write it in CEL, e.g. update_response.status == 401.",
                     )
                 )
@@ -359,13 +363,17 @@ def _plan_gates(
                 workflow.edge_problem(
                     edge,
                     ("when",),
-                    f"the condition {edge.when!r} is not valid CEL: {error}",
+                    f"the condition {edge.when!r} is not valid CEL: {_first_line(error)}",
                     fix="Write it in CEL, e.g. records_list.size() > 0.",
                 )
             )
             continue
         gates.setdefault(edge.to_node, []).append((edge, program))
     return gates, problems
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().split("\n")[0].rstrip(".")
 
 
 def _downstream(upstream: Mapping[str, list[str]], node_id: str) -> list[str]:
@@ -407,18 +415,37 @@ def _is_batch_write(workflow: OsopWorkflow, node: OsopNode) -> bool:
 
 
 def _runtime_problems(
-    workflow: OsopWorkflow, node: OsopNode, error: pydantic.ValidationError
+    workflow: OsopWorkflow,
+    node: OsopNode,
+    error: pydantic.ValidationError,
+    model: type[pydantic.BaseModel],
 ) -> list[SpecProblem]:
-    problems = []
+    problems: dict[tuple[str | int, ...], SpecProblem] = {}
+    # A model that hides its input (a connection URL may hold a password) is not quoted.
+    hide_input = bool(model.model_config.get("hide_input_in_errors"))
     for detail in error.errors(include_url=False):
-        loc = tuple(detail["loc"])
-        key = ".".join(str(part) for part in loc) or "runtime"
-        found = detail.get("input")
-        message = f"runtime.{key} is invalid: {detail['msg']}"
-        if not isinstance(found, dict | list):
-            message = f"{message} (found {found!r})"
-        problems.append(workflow.problem(node.id, ("runtime", *loc), message))
-    return problems
+        # Union members show up in the location ("literal['auto','none']"); users never wrote
+        # them, so the problem is reported once, at the key they did write.
+        loc = tuple(part for part in detail["loc"] if not _is_union_member(part))
+        if loc in problems:
+            continue
+        key = ".".join(["runtime", *(str(part) for part in loc)])
+        if detail["type"] == "extra_forbidden":
+            message = f"{key} is not a key osop_dagster knows for {node.type!r} nodes"
+            fix = "Check its spelling; the README lists the runtime keys of each node type."
+        else:
+            text = str(detail["msg"]).removeprefix("Value error, ").split("\n")[0]
+            message = f"{key} is invalid: {text.rstrip('.')}"
+            found = detail.get("input")
+            if not hide_input and not isinstance(found, dict | list) and "found" not in text:
+                message = f"{message} (found {found!r})"
+            fix = ""
+        problems[loc] = workflow.problem(node.id, ("runtime", *loc), message, fix=fix)
+    return list(problems.values())
+
+
+def _is_union_member(part: str | int) -> bool:
+    return isinstance(part, str) and ("[" in part or part in _UNION_MEMBER_NAMES)
 
 
 def _build_schedules(
@@ -449,6 +476,18 @@ def _build_schedules(
                 )
             )
             continue
+        timezone = config.get("timezone", "UTC")
+        if not isinstance(timezone, str):
+            problems.append(
+                SpecProblem(
+                    path=workflow.source_path,
+                    line=workflow.line_of((*loc, "timezone")),
+                    where=f"trigger {index + 1}",
+                    message=f"config.timezone must be a time zone name, found {timezone!r}",
+                    fix="Write for example `timezone: Europe/Paris`.",
+                )
+            )
+            continue
         suffix = "" if len(cron_triggers) == 1 else f"_{number + 1}"
         try:
             schedules.append(
@@ -456,7 +495,7 @@ def _build_schedules(
                     name=f"{translator.get_job_name(workflow)}_schedule{suffix}",
                     cron_schedule=expression,
                     job_name=translator.get_job_name(workflow),
-                    execution_timezone=config.get("timezone", "UTC"),
+                    execution_timezone=timezone,
                     default_status=dg.DefaultScheduleStatus.STOPPED,
                     description=f"Cron trigger {index + 1} of {workflow.source_path}.",
                 )
@@ -585,7 +624,8 @@ def _rejection_check(
     workflow: OsopWorkflow, node: OsopNode, key: dg.AssetKey
 ) -> dg.AssetCheckSpec | None:
     """Batch writes get a check that fails when the API rejected some of the records sent."""
-    if not _is_batch_write(workflow, node):
+    # Dagster names the check's output after the asset key, which must then be an identifier.
+    if not _is_batch_write(workflow, node) or not _DAGSTER_NAME.match(key.to_python_identifier()):
         return None
     return dg.AssetCheckSpec(
         name=REJECTION_CHECK,

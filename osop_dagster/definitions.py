@@ -72,8 +72,9 @@ def build_osop_definitions(
     claimed: dict[str, OsopWorkflow] = {}
     for workflow in workflows:
         try:
+            item = build_osop_assets(workflow, translator)
             _claim_names(workflow, translator, claimed)
-            compiled.append(build_osop_assets(workflow, translator))
+            compiled.append(item)
         except OsopSpecError as error:
             errors.append(error)
         except dg.DagsterInvalidDefinitionError as error:

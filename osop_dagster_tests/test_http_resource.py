@@ -712,3 +712,22 @@ def test_runtime_auth_bearer_reads_the_token_from_the_environment(
     call(resource, runtime)
 
     assert api.requests[-1].headers["Authorization"] == "Bearer static-token-value"
+
+
+def test_static_bearer_token_is_not_sent_over_plain_http_to_another_host(
+    resource: OsopHttpResource, api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATIC_API_TOKEN", "static-token-value")
+    monkeypatch.delenv("OSOP_ALLOW_INSECURE_HTTP", raising=False)
+    runtime = {
+        "url": "http://plain.test",
+        "endpoint": "/x",
+        "auth": {"type": "bearer", "secret_ref": "STATIC_API_TOKEN"},
+    }
+    sent_before = len(api.requests)
+
+    with pytest.raises(OsopConfigError, match="plain http") as raised:
+        call(resource, runtime)
+
+    assert len(api.requests) == sent_before, "nothing was sent"
+    assert "static-token-value" not in str(raised.value)

@@ -12,7 +12,6 @@ The runs are derandomized (the same examples every time, so CI cannot flake) and
 
 import copy
 import json
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import hypothesis.strategies as st
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 
 from osop_dagster.compiler import build_osop_assets
 from osop_dagster.constants import RUNTIME_SCHEMA_KEYS
@@ -210,24 +209,6 @@ def _outcome_is_clean(error: OsopSpecError, path: str) -> None:
         assert text.endswith("."), text
 
 
-_DAGSTER_SAFE = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _known_compiler_gap(workflow: OsopWorkflow) -> bool:
-    """Inputs that still make the compiler raise a Dagster error instead of an OsopSpecError.
-
-    The schema allows any text as a workflow id, but the compiler builds the name of the batch
-    write's asset check from it unsanitised; and a cron trigger's ``timezone`` reaches Dagster
-    unchecked when it is not text.
-    """
-    if not _DAGSTER_SAFE.fullmatch(workflow.id):
-        return True
-    return any(
-        not isinstance((trigger.config or {}).get("timezone", "UTC"), str)
-        for trigger in workflow.triggers
-    )
-
-
 def _load_and_compile(text: str, path: str) -> None:
     """The property: a workflow, or an OsopSpecError naming the file; nothing else escapes."""
     try:
@@ -235,8 +216,6 @@ def _load_and_compile(text: str, path: str) -> None:
     except OsopSpecError as error:
         _outcome_is_clean(error, path)
         return
-    # TODO(#4): drop this once the compiler sanitises output names and checks the timezone.
-    assume(not _known_compiler_gap(workflow))
     try:
         build_osop_assets(workflow)
     except OsopSpecError as error:
@@ -367,7 +346,6 @@ def test_random_bytes_in_a_file_load_or_fail_with_a_spec_error(
     except OsopSpecError as error:
         _outcome_is_clean(error, str(path))
         return
-    assume(not _known_compiler_gap(workflow))
     try:
         build_osop_assets(workflow)
     except OsopSpecError as error:

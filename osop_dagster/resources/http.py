@@ -64,6 +64,7 @@ from osop_dagster.resources._oauth2 import (
     is_lease,
     load_client_credentials,
     parse_token_response,
+    require_secure_transport,
     store_token,
 )
 from osop_dagster.resources._pagination import PageRequest, get_path, walk_pages
@@ -734,6 +735,7 @@ class _StaticBearer(httpx.Auth):
         self._token = token
 
     def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        require_secure_transport(request.url, "a bearer token")
         request.headers["Authorization"] = f"Bearer {self._token}"
         yield request
 
