@@ -123,12 +123,27 @@ def preview(value: Any, limit: int = 2000) -> str:
         except ValueError:
             text = scrub(value)
         else:
-            text = json.dumps(mask_data(value), ensure_ascii=False, default=str)
+            text = json.dumps(mask_data(_head(value)), ensure_ascii=False, default=str)
     else:
-        text = json.dumps(mask_data(value), ensure_ascii=False, default=str)
+        text = json.dumps(mask_data(_head(value)), ensure_ascii=False, default=str)
     if len(text) > limit:
         text = f"{text[:limit]}... ({len(text) - limit} more characters)"
     return text
+
+
+_PREVIEW_ITEMS = 5
+
+
+def _head(value: Any) -> Any:
+    # A preview of a page of a thousand records need not mask and render all of them.
+    if isinstance(value, list):
+        head = [_head(item) for item in value[:_PREVIEW_ITEMS]]
+        if len(value) > _PREVIEW_ITEMS:
+            head.append(f"... {len(value) - _PREVIEW_ITEMS} more items")
+        return head
+    if isinstance(value, Mapping):
+        return {key: _head(item) for key, item in value.items()}
+    return value
 
 
 def mask_form(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

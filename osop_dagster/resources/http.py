@@ -141,7 +141,7 @@ class OsopHttpResource(dagster.ConfigurableResource):
 
     base_url: str | None = None
     timeout_sec: float = 30.0
-    max_pages: int = 1000
+    max_pages: int = 100_000
     max_response_bytes: int = 64 * 1024 * 1024
     max_retry_after_sec: float = 120.0
     verify_tls: bool = True

@@ -1,0 +1,1 @@
+"""The contenders of the benchmark, each run as a cold child process by :mod:`benchmarks.run`."""
