@@ -51,6 +51,7 @@ ORDERING_EDGE_MODES = frozenset(
 )
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CRON_KEYS = ("cron", "schedule")
+_IDLE_EDGE_MODES = frozenset({"loop", "timeout"})
 _DAGSTER_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 REJECTION_CHECK = "no_rejected_records"
 # Names pydantic gives the members of `X | Y` fields in error locations.
@@ -121,7 +122,7 @@ def build_osop_assets(
         job = dg.define_asset_job(
             name=translator.get_job_name(workflow),
             selection=dg.AssetSelection.assets(*runnable_keys),
-            description=f"Materializes the runnable assets of the OSOP workflow {workflow.name!r}.",
+            description=_job_description(workflow, plans),
             tags=translator.get_run_tags(workflow),
             executor_def=dg.in_process_executor,
         )
@@ -138,6 +139,23 @@ def build_osop_assets(
 def output_names(node: OsopNode) -> list[str]:
     """The asset names of a node: its outputs, or its id when it declares none."""
     return list(node.output_names) or [node.id]
+
+
+def _job_description(workflow: OsopWorkflow, plans: Mapping[str, NodePlan]) -> str:
+    """What the job runs, and which edges of the file it does not execute."""
+    idle = [
+        f"{edge.describe()} ({edge.mode})"
+        for edge in workflow.edges
+        if edge.mode in _IDLE_EDGE_MODES
+        or (
+            edge.mode in RECOVERY_EDGE_MODES | {"conditional"}
+            and (edge.from_node not in plans or edge.to_node not in plans)
+        )
+    ]
+    text = f"Materializes the runnable assets of the OSOP workflow {workflow.name!r}."
+    if idle:
+        text += " These edges are drawn but not executed: " + "; ".join(idle) + "."
+    return text
 
 
 def _name_clashes(workflow: OsopWorkflow, translator: OsopTranslator) -> list[SpecProblem]:
@@ -331,7 +349,12 @@ def _plan_recoveries(
                 for output in output_names(workflow.node(node_id))
             ]
 
-        rerun = [edge.from_node, *_downstream(upstream, edge.from_node)]
+        if edge.mode == "fallback":
+            # The fallback takes the failed node's place: it runs, then what depends on it.
+            rerun = _downstream(upstream, edge.to_node)
+        else:
+            # An error edge repairs a cause (a token), then the failed node runs again.
+            rerun = [edge.from_node, *_downstream(upstream, edge.from_node)]
         recoveries.append(
             RecoveryPlan(
                 workflow_id=workflow.id,

@@ -5,7 +5,7 @@ For an edge ``from: batch_update, to: authenticate, mode: error, when: "update_r
 sensor request one run that materializes the edge's target (``authenticate``), then the failed
 node and everything downstream of it. Assets upstream of the failure that are still valid, such
 as the fetched records, are loaded from storage instead of being fetched again. A ``fallback``
-edge works the same way, without a condition.
+edge runs its target in place of the failed node, then everything downstream of the target.
 
 The condition is CEL, evaluated against:
 

@@ -215,7 +215,9 @@ def test_cron_trigger_becomes_a_stopped_schedule() -> None:
           - {from: step, to: step, mode: loop}
         """
     )
-    (schedule,) = build_osop_assets(workflow).schedules
+    compiled = build_osop_assets(workflow)
+    (schedule,) = compiled.schedules
+    assert "drawn but not executed: edge 1 (step -> step) (loop)" in compiled.job.description
     assert schedule.cron_schedule == "0 6 * * *"
     assert schedule.execution_timezone == "Europe/Paris"
     assert schedule.job_name == "nightly_job"

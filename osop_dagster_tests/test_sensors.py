@@ -9,7 +9,7 @@ import pytest
 
 from osop_dagster import constants
 from osop_dagster.compiler import build_osop_assets
-from osop_dagster.definitions import build_osop_definitions
+from osop_dagster.definitions import build_osop_definitions, build_osop_resources
 from osop_dagster.errors import OsopSpecError
 from osop_dagster.io_manager import OsopJsonIOManager
 from osop_dagster.loader import load_workflow_text
@@ -136,3 +136,54 @@ edges:
     message = str(raised.value)
     assert "flaky.osop.yaml, line 9, edge 2 (b -> a)" in message
     assert "not valid CEL" in message
+
+
+def test_fallback_edge_runs_its_target_in_place_of_the_failed_node(tmp_path: Path) -> None:
+    text = """\
+osop_version: "2.0"
+id: payments
+name: Payments
+nodes:
+  - {id: primary, type: cli, purpose: Pay, runtime: {command: "jq -n '.missing | keys'"},
+     outputs: [receipt]}
+  - {id: backup, type: cli, purpose: Pay otherwise, runtime: {command: "jq -n '{ok: true}'"},
+     outputs: [backup_receipt]}
+  - {id: notify, type: cli, purpose: Tell, runtime: {command: "jq '.ok'"},
+     inputs: [backup_receipt], outputs: [told]}
+edges:
+  - {from: primary, to: backup, mode: fallback}
+  - {from: backup, to: notify}
+"""
+    workflow = load_workflow_text(text, path="payments.osop.yaml")
+    compiled = build_osop_assets(workflow)
+    resources = {"io_manager": OsopJsonIOManager(base_dir=str(tmp_path))}
+    defs = dg.Definitions(
+        assets=compiled.assets,
+        jobs=[compiled.job],
+        sensors=compiled.sensors,
+        resources={**build_osop_resources(), **resources},
+    )
+    job = defs.resolve_job_def("payments_job")
+    (sensor,) = compiled.sensors
+
+    with dg.instance_for_test() as instance:
+        failed = job.execute_in_process(
+            instance=instance,
+            asset_selection=[dg.AssetKey(["payments", "receipt"])],
+            raise_on_error=False,
+        )
+        context = dg.build_run_status_sensor_context(
+            sensor_name=sensor.name,
+            dagster_event=failed.get_run_failure_event(),
+            dagster_instance=instance,
+            dagster_run=failed.dagster_run,
+        ).for_run_failure()
+        request = sensor(context)
+        recovery = job.execute_in_process(
+            instance=instance, asset_selection=request.asset_selection, tags=request.tags
+        )
+
+    assert not failed.success
+    assert [key.path[-1] for key in request.asset_selection] == ["backup_receipt", "told"]
+    assert recovery.success
+    assert recovery.asset_value(dg.AssetKey(["payments", "told"])) is True
