@@ -11,6 +11,7 @@ Credentials also travel only over TLS, or to this machine: plain http to another
 before anything is sent, unless ``OSOP_ALLOW_INSECURE_HTTP`` allows it.
 """
 
+import base64
 import json
 import logging
 import secrets
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import httpx
@@ -173,19 +174,44 @@ class _EchoingApi:
     ``mode`` picks the answer of ``GET /api/v2/records``: ``echo_400`` is a JSON error that
     quotes the ``Authorization`` header and every request header; ``text_500`` a plain-text
     server error that quotes the token, with the header echoed in the answer's headers too.
+
+    ``token_mode`` picks the answer of ``POST /oauth/token``: ``issue`` grants ``token``;
+    ``echo_401`` is an OAuth2 ``invalid_client`` error whose description and fields quote the
+    request's ``Authorization`` header and form body; ``echo_500`` a plain-text server error
+    quoting both, with the header echoed in the answer's headers too. ``token_requests`` keeps
+    what the token endpoint received, as (``Authorization`` header, form body) pairs.
     """
 
     def __init__(self, token: str) -> None:
         self.token = token
         self.mode = "echo_400"
+        self.token_mode: Literal["issue", "echo_401", "echo_500"] = "issue"
         self.requests = 0
+        self.token_requests: list[tuple[str, str]] = []
         echoing = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
+                form = self.rfile.read(length).decode("utf-8", errors="replace")
+                authorization = self.headers.get("Authorization", "")
                 echoing.requests += 1
+                echoing.token_requests.append((authorization, form))
+                if echoing.token_mode == "echo_401":
+                    body = {
+                        "error": "invalid_client",
+                        "error_description": (
+                            f"refused Authorization: {authorization} with the form {form}"
+                        ),
+                        "request": {"form": form, "headers": dict(self.headers.items())},
+                        "hint": f"you sent {form} and {authorization}",
+                    }
+                    self._answer(401, json.dumps(body), "application/json")
+                    return
+                if echoing.token_mode == "echo_500":
+                    text = f"token service failed on {authorization} with the form {form}"
+                    self._answer(500, text, "text/plain", {"X-Echo": f"{authorization} {form}"})
+                    return
                 self._answer(
                     200,
                     json.dumps(
@@ -349,3 +375,127 @@ def test_secrets_quoted_back_by_an_api_stay_out_of_every_record(
     assert api.requests >= 2
     for secret in (token, client_secret):
         assert secret not in written
+
+
+def _seed_copy(repo_root: Path, folder: Path, client_auth: str | None) -> Path:
+    """The seed workflow, its ``authenticate`` node asking with ``client_auth`` when given."""
+    text = (repo_root / "workflows" / "rest-api-workflow.osop.yaml").read_text(encoding="utf-8")
+    if client_auth is not None:
+        anchor = "      method: POST\n      url: https://api.service.com\n"
+        assert text.count(anchor) == 1
+        text = text.replace(anchor, f"{anchor}      token:\n        client_auth: {client_auth}\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "rest-api-workflow.osop.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _basic_credentials(client_id: str, client_secret: str) -> str:
+    """The credentials part of an HTTP Basic header, as RFC 6749 section 2.3.1 encodes it."""
+    return base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("token_mode", ["echo_401", "echo_500"])
+@pytest.mark.parametrize("client_auth", ["client_secret_post", None])
+def test_client_secret_quoted_back_by_the_token_endpoint_stays_out_of_every_record(
+    client_auth: str | None,
+    token_mode: Literal["echo_401", "echo_500"],
+    postgres_url: str,
+    instance: dg.DagsterInstance,
+    repo_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The token endpoint's error quotes the form body and the Basic header it received."""
+    client_id = "echo-client"
+    client_secret = f"canary-client-secret-{secrets.token_hex(12)}"
+    seed = _seed_copy(repo_root, tmp_path / "workflows", client_auth)
+    storage = tmp_path / "storage"
+    caplog.set_level(logging.DEBUG)
+
+    with _EchoingApi(f"canary-token-{secrets.token_hex(16)}") as api:
+        api.token_mode = token_mode
+        monkeypatch.setenv(constants.ENV_API_BASE_URL, api.base_url)
+        monkeypatch.setenv(constants.ENV_POSTGRES_URL, postgres_url)
+        monkeypatch.setenv(SECRET_REF, f"{client_id}:{client_secret}")
+        result = _run(seed, storage, instance)
+
+    assert not result.success
+    assert "authenticate" in _failure_text(instance, result.run_id)
+    assert api.token_requests, "the token endpoint was asked"
+    basic = _basic_credentials(client_id, client_secret)
+    for authorization, form in api.token_requests:
+        if client_auth == "client_secret_post":
+            assert f"client_secret={client_secret}" in form and not authorization
+        else:
+            assert authorization == f"Basic {basic}" and "client_secret" not in form
+    written = _everything_written(instance, [result.run_id], [storage], caplog.text)
+    for secret in (client_secret, basic):
+        assert secret not in written
+
+
+RECOVERY_SENSOR = "rest_api_workflow__batch_update_error_to_authenticate_6"
+WORKFLOW_KEY = "rest-api-workflow"
+
+
+@pytest.mark.integration
+def test_secrets_stay_out_of_every_record_of_a_401_and_its_recovery_run(
+    fresh_reference_api: ReferenceApi,
+    postgres_url: str,
+    instance: dg.DagsterInstance,
+    repo_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Tokens are revoked before the batch update; the sensor's run re-authenticates."""
+    api = fresh_reference_api
+    storage = tmp_path / "storage"
+    monkeypatch.setenv(constants.ENV_API_BASE_URL, api.base_url)
+    monkeypatch.setenv(constants.ENV_POSTGRES_URL, postgres_url)
+    monkeypatch.setenv(SECRET_REF, f"{api.client_id}:{api.client_secret}")
+    caplog.set_level(logging.DEBUG)
+    defs = build_osop_definitions(
+        [repo_root / "workflows" / "rest-api-workflow.osop.yaml"],
+        resources={"io_manager": OsopJsonIOManager(base_dir=str(storage))},
+    )
+    job = defs.resolve_job_def(JOB)
+    before = [dg.AssetKey([WORKFLOW_KEY, name]) for name in _BEFORE_BATCH]
+    rest = [dg.AssetKey([WORKFLOW_KEY, name]) for name in _FROM_BATCH]
+
+    fetched = job.execute_in_process(instance=instance, asset_selection=before)
+    tokens = set(api.live_tokens())
+    httpx.post(f"{api.base_url}/_admin/revoke-tokens", timeout=10).raise_for_status()
+    failed = job.execute_in_process(instance=instance, asset_selection=rest, raise_on_error=False)
+    context = dg.build_run_status_sensor_context(
+        sensor_name=RECOVERY_SENSOR,
+        dagster_event=failed.get_run_failure_event(),
+        dagster_instance=instance,
+        dagster_run=failed.dagster_run,
+    ).for_run_failure()
+    request = defs.resolve_sensor_def(RECOVERY_SENSOR)(context)
+    assert isinstance(request, dg.RunRequest)
+    recovery = job.execute_in_process(
+        instance=instance, asset_selection=request.asset_selection, tags=request.tags
+    )
+    tokens |= set(api.live_tokens())
+
+    assert fetched.success and not failed.success and recovery.success
+    assert "401" in _failure_text(instance, failed.run_id)
+    assert api.stats()["requests"]["tokens_issued"] == 2
+    assert len(tokens) == 2, "the revoked token and the one the recovery run fetched"
+    run_ids = [fetched.run_id, failed.run_id, recovery.run_id]
+    written = _everything_written(instance, run_ids, [storage], caplog.text)
+    written += repr(request)
+    for secret in (
+        *tokens,
+        api.client_secret,
+        _basic_credentials(api.client_id, api.client_secret),
+    ):
+        assert secret not in written
+
+
+_BEFORE_BATCH = ("access_token", "records_list", "filtered_records")
+_FROM_BATCH = ("update_response", "verification_result", "audit_id")

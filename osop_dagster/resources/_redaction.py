@@ -7,6 +7,8 @@ anywhere. The first kind is masked by name; the second by value, through a regis
 client fills as it learns secrets.
 """
 
+import base64
+import binascii
 import json
 import logging
 import re
@@ -49,6 +51,20 @@ _known_secrets: set[str] = set()
 _known_secrets_lock = threading.Lock()
 
 
+# HTTP Basic credentials (RFC 7617): base64 of "user-id:password". They hold the client secret in
+# a form that value scrubbing cannot see, and a token endpoint may quote the header back in its
+# error answer, so any such credential in a text is masked by its shape.
+_BASIC_CREDENTIALS = re.compile(r"\b(Basic\s+)([A-Za-z0-9+/]{4,}={0,2})(?![A-Za-z0-9+/=])", re.I)
+
+
+def _mask_basic(match: re.Match[str]) -> str:
+    try:
+        decoded = base64.b64decode(match.group(2), validate=True)
+    except (binascii.Error, ValueError):
+        return match.group(0)
+    return f"{match.group(1)}{MASK}" if b":" in decoded else match.group(0)
+
+
 def register_secret(value: str) -> None:
     """Remember a secret value so that :func:`scrub` removes it from any text in this process."""
     if len(value) >= _MIN_SCRUB_LENGTH:
@@ -57,13 +73,13 @@ def register_secret(value: str) -> None:
 
 
 def scrub(text: str) -> str:
-    """Replace every registered secret value inside ``text`` with the mask."""
+    """Replace every registered secret value and HTTP Basic credential in ``text`` with the mask."""
     with _known_secrets_lock:
         secrets = sorted(_known_secrets, key=len, reverse=True)
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
-    return text
+    return _BASIC_CREDENTIALS.sub(_mask_basic, text)
 
 
 def is_sensitive_name(name: str) -> bool:

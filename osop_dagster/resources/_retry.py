@@ -219,14 +219,16 @@ def call_with_retries(
         return False
 
     exponential = settings.strategy == "exponential_backoff"
+    # Jitter for both strategies, so that clients failing together do not retry together.
+    jitter = min(1.0, settings.backoff_sec / 4)
     retrying = stamina.retry_context(
         on=retry_decision,
         attempts=settings.attempts,
         # The attempt count bounds the loop; each request has its own timeout.
         timeout=None,
         wait_initial=settings.backoff_sec,
-        wait_max=settings.max_backoff_sec if exponential else settings.backoff_sec,
-        wait_jitter=min(1.0, settings.backoff_sec / 4) if exponential else 0.0,
+        wait_max=settings.max_backoff_sec if exponential else settings.backoff_sec + jitter,
+        wait_jitter=jitter,
         wait_exp_base=2 if exponential else 1,
     )
     try:
