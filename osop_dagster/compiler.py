@@ -326,20 +326,9 @@ def _plan_recoveries(
             continue
         if edge.from_node not in plans or edge.to_node not in plans:
             continue
-        condition = None
-        if edge.when:
-            try:
-                condition = compile_condition(edge.when)
-            except ValueError as error:
-                problems.append(
-                    workflow.edge_problem(
-                        edge,
-                        ("when",),
-                        f"the condition {edge.when!r} is not valid CEL: {_first_line(error)}",
-                        fix="Write it in CEL, e.g. update_response.status == 401.",
-                    )
-                )
-                continue
+        condition = _edge_condition(workflow, edge, problems) if edge.when else None
+        if edge.when and condition is None:
+            continue
 
         def keys(node_ids: Sequence[str]) -> list[dg.AssetKey]:
             return [
@@ -379,20 +368,26 @@ def _plan_gates(
             continue
         if edge.from_node not in plans or edge.to_node not in plans:
             continue
-        try:
-            program = compile_condition(edge.when)
-        except ValueError as error:
-            problems.append(
-                workflow.edge_problem(
-                    edge,
-                    ("when",),
-                    f"the condition {edge.when!r} is not valid CEL: {_first_line(error)}",
-                    fix="Write it in CEL, e.g. records_list.size() > 0.",
-                )
-            )
-            continue
-        gates.setdefault(edge.to_node, []).append((edge, program))
+        program = _edge_condition(workflow, edge, problems)
+        if program is not None:
+            gates.setdefault(edge.to_node, []).append((edge, program))
     return gates, problems
+
+
+def _edge_condition(workflow: OsopWorkflow, edge: OsopEdge, problems: list[SpecProblem]) -> Any:
+    """The compiled CEL program of the edge's ``when``; ``None``, with a problem, if invalid."""
+    try:
+        return compile_condition(str(edge.when))
+    except ValueError as error:
+        problems.append(
+            workflow.edge_problem(
+                edge,
+                ("when",),
+                f"the condition {edge.when!r} is not valid CEL: {_first_line(error)}",
+                fix="Write it in CEL, e.g. update_response.status == 401.",
+            )
+        )
+        return None
 
 
 def _first_line(error: Exception) -> str:

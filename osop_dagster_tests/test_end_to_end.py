@@ -5,6 +5,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,19 @@ def postgres_instance(postgres_url: str) -> Iterator[dg.DagsterInstance]:
     overrides = {"storage": {"postgres": {"postgres_url": storage_url}}}
     with dg.instance_for_test(overrides=overrides) as instance:
         yield instance
+
+
+@dataclass(frozen=True)
+class _Reachable:
+    """How the pipeline reaches a reference API started by the test itself."""
+
+    base_url: str
+    client_id: str
+    client_secret: str
+
+    @classmethod
+    def of(cls, service: ReferenceApiProcess) -> "_Reachable":
+        return cls(service.base_url, "osop-reference-client", service.client_secret)
 
 
 def _point_at(monkeypatch: pytest.MonkeyPatch, api: Any, postgres_url: str) -> None:
@@ -153,16 +167,7 @@ def test_run_that_starts_after_the_token_expired_renews_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with ReferenceApiProcess(tmp_path / "api.sqlite3", records=150, token_ttl=2.0) as service:
-        api = type(
-            "Api",
-            (),
-            {
-                "base_url": service.base_url,
-                "client_id": "osop-reference-client",
-                "client_secret": service.client_secret,
-            },
-        )
-        _point_at(monkeypatch, api, postgres_url)
+        _point_at(monkeypatch, _Reachable.of(service), postgres_url)
         defs = _defs(seed_path, tmp_path / "storage")
         job = defs.resolve_job_def(JOB)
         token_key = dg.AssetKey(["rest-api-workflow", "access_token"])
@@ -274,16 +279,7 @@ def test_a_day_with_nothing_to_update_succeeds_and_is_audited(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with ReferenceApiProcess(tmp_path / "empty.sqlite3", records=0) as service:
-        api = type(
-            "Api",
-            (),
-            {
-                "base_url": service.base_url,
-                "client_id": "osop-reference-client",
-                "client_secret": service.client_secret,
-            },
-        )
-        _point_at(monkeypatch, api, postgres_url)
+        _point_at(monkeypatch, _Reachable.of(service), postgres_url)
         job = _defs(seed_path, tmp_path / "storage").resolve_job_def(JOB)
         result = job.execute_in_process(instance=postgres_instance)
 
