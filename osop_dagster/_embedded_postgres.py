@@ -34,6 +34,8 @@ from osop_dagster._postgres_url import ensure_database, validate_identifier, wit
 from osop_dagster.errors import OsopConfigError, OsopDatabaseError
 
 DEFAULT_DATABASE = "osop"
+START_TIMEOUT_SEC = 120.0
+"""How long a start (initdb included) may take before it counts as failed."""
 
 _HANDLE_FILE = ".handle_pids.json"
 _POSTMASTER_FILE = "postmaster.pid"
@@ -144,10 +146,8 @@ class EmbeddedPostgres:
 
             started = time.monotonic()
             try:
-                # TODO(#3): the library waits without a bound for the server to report ready
-                # after pg_ctl returns; with signals held, only SIGKILL ends such a hang.
                 with _stop_signals_deferred():
-                    self._server = self._start_server(pgserver)
+                    self._server = self._start_bounded(pgserver)
                 server_url = self._server.get_uri()
                 ensure_database(server_url, self.database)
                 self.url = with_database(server_url, self.database)
@@ -191,6 +191,33 @@ class EmbeddedPostgres:
             "stopped" if last else "left running for its other users",
             self.stop_seconds,
         )
+
+    def _start_bounded(self, pgserver: Any) -> Any:
+        """Starts the server in a worker thread and gives up after ``START_TIMEOUT_SEC``.
+
+        The library waits without a bound for the server to report ready; with stop signals
+        held back meanwhile, a hang there could only be ended by SIGKILL.
+        """
+        outcome: dict[str, Any] = {}
+
+        def start() -> None:
+            try:
+                outcome["server"] = self._start_server(pgserver)
+            except BaseException as error:  # handed over to the waiting thread
+                outcome["error"] = error
+
+        worker = threading.Thread(target=start, name="embedded-postgres-start", daemon=True)
+        worker.start()
+        worker.join(START_TIMEOUT_SEC)
+        if worker.is_alive():
+            raise OsopDatabaseError(
+                f"The embedded PostgreSQL server on {str(self.data_dir)!r} did not report ready "
+                f"within {START_TIMEOUT_SEC:g} s. See {str(self.data_dir / 'log')!r} for the "
+                "server's own log, or set OSOP_POSTGRES_URL to use another server."
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["server"]
 
     def _start_server(self, pgserver: Any) -> Any:
         with _users_lock:

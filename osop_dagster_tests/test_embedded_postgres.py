@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import psutil
 import psycopg
 import pytest
 
+from osop_dagster import _embedded_postgres as embedded
 from osop_dagster._embedded_postgres import EmbeddedPostgres
-from osop_dagster.errors import OsopConfigError
+from osop_dagster.errors import OsopConfigError, OsopDatabaseError
 
 LOG = logging.getLogger("osop_dagster_tests.embedded_postgres")
 
@@ -202,3 +204,24 @@ def test_data_folder_below_a_private_folder_is_refused(data_dir: Path) -> None:
         EmbeddedPostgres(private / "pg", log=LOG).start()
 
     assert private.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_start_that_never_reports_ready_fails_within_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library's readiness wait has no bound of its own; the product imposes one."""
+    release = threading.Event()
+
+    class _Stuck:
+        def get_server(self, data_dir: Path, cleanup_mode: str) -> None:
+            release.wait(10)
+
+    folder = tmp_path / "stuck"
+    monkeypatch.setattr(embedded, "_pgserver", lambda: _Stuck())
+    monkeypatch.setattr(embedded, "START_TIMEOUT_SEC", 0.3)
+    monkeypatch.setattr(embedded, "_check_traversable", lambda data_dir: None)
+    try:
+        with pytest.raises(OsopDatabaseError, match=r"did not report ready within 0\.3 s"):
+            EmbeddedPostgres(folder).start()
+    finally:
+        release.set()

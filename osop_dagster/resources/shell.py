@@ -306,7 +306,7 @@ class OsopShellResource(dagster.ConfigurableResource):
         subject = None if invocation.null_input else document
         if invocation.slurp and not invocation.null_input:
             subject = [document]
-        # TODO(#3): the binding cannot be interrupted, so no time limit applies to a jq filter.
+        # TODO(#4): the binding cannot be interrupted, so no time limit applies to a jq filter.
         try:
             results = program.input_value(subject).all()
         except (ValueError, TypeError) as exc:
