@@ -14,8 +14,16 @@ before anything is sent, unless ``OSOP_ALLOW_INSECURE_HTTP`` allows it.
 import base64
 import json
 import logging
+import os
+import re
 import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,6 +41,7 @@ from osop_dagster.errors import OsopConfigError
 from osop_dagster.io_manager import OsopJsonIOManager
 from osop_dagster.resources import _oauth2
 from osop_dagster.resources.http import ApiRuntime, OsopHttpResource, RetrySettings
+from osop_dagster_tests._processes import processes_mentioning
 from osop_dagster_tests.fixtures.fake_api import CLIENT_ID, CLIENT_SECRET, FakeApi
 from osop_dagster_tests.fixtures.reference_api import ReferenceApi
 
@@ -438,6 +447,8 @@ def test_client_secret_quoted_back_by_the_token_endpoint_stays_out_of_every_reco
 
 RECOVERY_SENSOR = "rest_api_workflow__batch_update_error_to_authenticate_6"
 WORKFLOW_KEY = "rest-api-workflow"
+_BEFORE_BATCH = ("access_token", "records_list", "filtered_records")
+_FROM_BATCH = ("update_response", "verification_result", "audit_id")
 
 
 @pytest.mark.integration
@@ -465,9 +476,13 @@ def test_secrets_stay_out_of_every_record_of_a_401_and_its_recovery_run(
     before = [dg.AssetKey([WORKFLOW_KEY, name]) for name in _BEFORE_BATCH]
     rest = [dg.AssetKey([WORKFLOW_KEY, name]) for name in _FROM_BATCH]
 
+    revoke = f"{api.base_url}/_admin/revoke-tokens"
+    # Tokens of earlier tests on the session's service would blur which run fetched which.
+    httpx.post(revoke, timeout=10).raise_for_status()
+
     fetched = job.execute_in_process(instance=instance, asset_selection=before)
     tokens = set(api.live_tokens())
-    httpx.post(f"{api.base_url}/_admin/revoke-tokens", timeout=10).raise_for_status()
+    httpx.post(revoke, timeout=10).raise_for_status()
     failed = job.execute_in_process(instance=instance, asset_selection=rest, raise_on_error=False)
     context = dg.build_run_status_sensor_context(
         sensor_name=RECOVERY_SENSOR,
@@ -497,5 +512,227 @@ def test_secrets_stay_out_of_every_record_of_a_401_and_its_recovery_run(
         assert secret not in written
 
 
-_BEFORE_BATCH = ("access_token", "records_list", "filtered_records")
-_FROM_BATCH = ("update_response", "verification_result", "audit_id")
+# The canary, through what the Dagster UI shows.
+
+_REFERENCE_SECRET_VAR = "OSOP_REFERENCE_CLIENT_SECRET"
+_TCP_LISTEN = "0A"
+_ERROR = "message className stack causes { message stack }"
+_METADATA_TYPE = """
+{ __type(name: "MetadataEntry") { possibleTypes { name
+    fields { name type { kind ofType { kind } } } } } }
+"""
+_ASSETS = """
+{ assetNodes { assetKey { path } description opNames jobNames computeKind groupName
+    metadataEntries { ...M } tags { key value } opTags { key value }
+    assetMaterializations(limit: 20) { runId description label stepKey
+      metadataEntries { ...M } tags { key value } } } }
+"""
+_RUNS = """
+{ runsOrError { __typename ... on Runs { results { runId status jobName runConfigYaml
+    tags { key value } assetSelection { path } } } ... on PythonError { ERROR_FIELDS } } }
+""".replace("ERROR_FIELDS", _ERROR)
+_EVENTS = """
+query ($runId: ID!) {
+  logsForRun(runId: $runId, limit: 100000) { __typename
+    ... on EventConnection { events { __typename
+      ... on MessageEvent { message level stepKey eventType }
+      ... on DisplayableEvent { label description metadataEntries { ...M } }
+      ... on ErrorEvent { error { ERROR_FIELDS } }
+      ... on ExecutionStepFailureEvent { failureMetadata { label description
+        metadataEntries { ...M } } }
+      ... on MaterializationEvent { tags { key value } } } }
+    ... on PythonError { ERROR_FIELDS } }
+  runOrError(runId: $runId) { __typename ... on Run { runConfigYaml tags { key value }
+    eventConnection(limit: 100000) { events { __typename ... on MessageEvent { message }
+      ... on DisplayableEvent { metadataEntries { ...M } } } } } }
+}
+""".replace("ERROR_FIELDS", _ERROR)
+_WORKSPACE = """
+{ workspaceOrError { __typename ... on Workspace { locationEntries { name
+    locationOrLoadError { __typename ... on PythonError { ERROR_FIELDS }
+      ... on RepositoryLocation { name repositories { name
+        allTopLevelResourceDetails { name description resourceType
+          configFields { name description isSecret defaultValueAsJson configTypeKey }
+          configuredValues { key value type }
+          nestedResources { name type } }
+        sensors { name description tags { key value } metadataEntries { ...M } }
+        schedules { name description cronSchedule tags { key value } }
+        jobs { name description tags { key value } metadataEntries { ...M } } } } } } }
+    ... on PythonError { ERROR_FIELDS } } }
+""".replace("ERROR_FIELDS", _ERROR)
+
+
+def _graphql(
+    url: str, query: str, variables: dict[str, Any] | None = None, fragment: str = ""
+) -> dict[str, Any]:
+    if "...M" in query:
+        query += fragment
+    response = httpx.post(url, json={"query": query, "variables": variables or {}}, timeout=60)
+    body = response.json()
+    assert response.status_code == 200 and not body.get("errors"), body
+    return dict(body["data"])
+
+
+def _metadata_fragment(url: str) -> str:
+    """``fragment M on MetadataEntry`` asking every scalar field of every kind of entry."""
+    kinds = _graphql(url, _METADATA_TYPE)["__type"]["possibleTypes"]
+    parts = []
+    for kind in kinds:
+        scalars = [
+            field["name"]
+            for field in kind["fields"]
+            if field["type"]["kind"] in ("SCALAR", "ENUM")
+            or (field["type"]["ofType"] or {}).get("kind") in ("SCALAR", "ENUM")
+        ]
+        parts.append(f"... on {kind['name']} {{ {' '.join(scalars)} }}")
+    return "fragment M on MetadataEntry { __typename " + " ".join(parts) + " }"
+
+
+def _wait_for_graphql(url: str, ui: subprocess.Popen[bytes], timeout_sec: float = 180) -> None:
+    deadline = time.monotonic() + timeout_sec
+    while time.monotonic() < deadline:
+        assert ui.poll() is None, "osop-dagster ui exited early"
+        try:
+            body = httpx.post(url, json={"query": "{ assetNodes { id } }"}, timeout=10).json()
+        except (httpx.TransportError, ValueError):
+            body = {}
+        if (body.get("data") or {}).get("assetNodes"):
+            return
+        time.sleep(1)
+    pytest.fail(f"The Dagster UI did not list the workflow's assets within {timeout_sec} s.")
+
+
+def _reference_api_of(project: Path) -> int | None:
+    """The pid of the reference API that the command line started for ``project``, if any."""
+    found = [
+        pid
+        for pid in processes_mentioning(str(project))
+        if b"osop_reference_api" in _read(Path(f"/proc/{pid}/cmdline"))
+    ]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _environment_of(pid: int) -> dict[str, str]:
+    pairs = _read(Path(f"/proc/{pid}/environ")).split(b"\0")
+    return dict(pair.decode().partition("=")[::2] for pair in pairs if b"=" in pair)
+
+
+def _listening_port(pid: int) -> int | None:
+    """The TCP port ``pid`` listens on, from its socket inodes and ``/proc/<pid>/net/tcp``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").glob("*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    for line in _read(Path(f"/proc/{pid}/net/tcp")).decode().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == _TCP_LISTEN and fields[9] in inodes:
+            return int(fields[1].rpartition(":")[2], 16)
+    return None
+
+
+def _watch_reference_api(project: Path, secrets_seen: set[str], tokens_seen: set[str]) -> None:
+    """Learns the client secret and every live token of the project's reference API, if up."""
+    pid = _reference_api_of(project)
+    if pid is None:
+        return
+    secret = _environment_of(pid).get(_REFERENCE_SECRET_VAR)
+    if secret:
+        secrets_seen.add(secret)
+    port = _listening_port(pid)
+    if port is None:
+        return
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/_admin/tokens", timeout=5)
+    except httpx.TransportError:
+        return
+    if answer.status_code == 200:
+        tokens_seen.update(answer.json()["tokens"])
+
+
+@pytest.mark.integration
+def test_secrets_stay_out_of_what_the_ui_shows(
+    tmp_path: Path, repo_root: Path, postgres_url: str
+) -> None:
+    """`osop-dagster demo`, then `osop-dagster ui`: no GraphQL answer quotes a secret."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dagster.yaml", "workspace.yaml"):
+        shutil.copy(repo_root / name, project)
+    shutil.copytree(repo_root / "workflows", project / "workflows")
+    environment = {**os.environ, constants.ENV_POSTGRES_URL: postgres_url}
+    for name in (constants.ENV_API_BASE_URL, SECRET_REF, _REFERENCE_SECRET_VAR):
+        environment.pop(name, None)
+    entry_point = str(Path(sys.executable).parent / "osop-dagster")
+    common = ["--project-dir", str(project), "--records", "200"]
+    client_secrets: set[str] = set()
+    tokens: set[str] = set()
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+
+    # The demo's reference API lives only as long as the demo: learn its secret and tokens while
+    # the run goes on.
+    with (outputs / "demo.log").open("wb") as out:
+        demo = subprocess.Popen(
+            [entry_point, "demo", *common], env=environment, stdout=out, stderr=out
+        )
+        deadline = time.monotonic() + 300
+        while demo.poll() is None and time.monotonic() < deadline:
+            _watch_reference_api(project, client_secrets, tokens)
+            time.sleep(0.1)
+        if demo.poll() is None:
+            demo.kill()
+        demo.wait(timeout=30)
+    demo_output = (outputs / "demo.log").read_text(errors="replace")
+    assert demo.returncode == 0, demo_output
+    run_id = re.search(r"run id\s+(\S+)", demo_output).group(1)
+    assert len(client_secrets) == 1 and tokens, "the demo's secret and token were learned"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/graphql"
+    answers: list[str] = []
+    with (outputs / "ui.log").open("wb") as out:
+        ui = subprocess.Popen(
+            [entry_point, "ui", *common, "--port", str(port)],
+            env=environment,
+            stdout=out,
+            stderr=out,
+        )
+        try:
+            _wait_for_graphql(url, ui)
+            _watch_reference_api(project, client_secrets, tokens)
+            fragment = _metadata_fragment(url)
+            for query in (_ASSETS, _RUNS, _WORKSPACE):
+                answers.append(json.dumps(_graphql(url, query, fragment=fragment)))
+            answers.append(json.dumps(_graphql(url, _EVENTS, {"runId": run_id}, fragment)))
+        finally:
+            ui.send_signal(signal.SIGTERM)
+            ui.wait(timeout=90)
+
+    assert len(client_secrets) == 2, "the ui's reference API has a secret of its own"
+    shown = "\n".join(answers)
+    assert run_id in shown and "records_list" in shown and "osop/" in shown
+    assert '"configuredValues": [{' in shown and '"MaterializationEvent"' in shown
+    assert not processes_mentioning(str(project))
+    written = [shown, *(path.read_text(errors="replace") for path in outputs.iterdir())]
+    written += [
+        path.read_bytes().decode("utf-8", errors="replace")
+        for path in project.rglob("*")
+        if path.is_file() and not path.name.startswith("reference_api.")
+    ]
+    everything = "\n".join(written)
+    for secret in (*client_secrets, *tokens):
+        assert secret not in everything

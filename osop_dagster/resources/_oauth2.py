@@ -224,7 +224,10 @@ def build_token_request(
         # RFC 6749 section 2.3.1: id and secret are form-urlencoded before they are joined and
         # base64-encoded, so a colon or non-ASCII character in either survives the round trip.
         userpass = f"{quote_plus(credentials.client_id)}:{quote_plus(credentials.client_secret)}"
-        request_headers["Authorization"] = "Basic " + base64.b64encode(userpass.encode()).decode()
+        encoded = base64.b64encode(userpass.encode()).decode()
+        # An API quoting the header back may drop the "Basic " in front: mask the value itself.
+        register_secret(encoded)
+        request_headers["Authorization"] = f"Basic {encoded}"
     else:
         form["client_id"] = credentials.client_id
         form["client_secret"] = credentials.client_secret
