@@ -7,7 +7,9 @@ from typing import Any, Final
 import dagster as dg
 import pydantic
 
+from osop_dagster.errors import OsopConfigError
 from osop_dagster.model import OsopNode
+from osop_dagster.resources._redaction import mask_url
 
 _ROOT_RUN_TAG: Final = "dagster/root_run_id"
 
@@ -28,6 +30,8 @@ class NodePlan:
     secret_ref: str | None
     receipt_input: str | None = None
     """The input holding a batch write's receipt, when the node asks about its batches."""
+    token_node: tuple[str, pydantic.BaseModel] | None = None
+    """Id and runtime of the ``oauth2`` node whose token this node presents."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ def execute_node(
             )
         else:
             token = inputs[plan.token_input] if plan.token_input else None
+            if token is not None and plan.token_node is not None:
+                _check_token_url(resource, plan, token)
             data_inputs = {
                 name: value for name, value in inputs.items() if name != plan.token_input
             }
@@ -100,6 +106,26 @@ def execute_node(
             log=log,
         )
     return NodeResult(value=result.value, metadata=dict(result.metadata))
+
+
+def _check_token_url(resource: Any, plan: NodePlan, lease: Mapping[str, Any]) -> None:
+    """Refuses a lease whose token endpoint is not the one the workflow's token node asks.
+
+    A renewal sends the client credentials to the lease's token URL, and the lease is read
+    from asset storage: it must not be able to send them anywhere else.
+    """
+    assert plan.token_node is not None  # checked by the caller
+    token_node_id, token_runtime = plan.token_node
+    expected = resource.token_url(node_id=token_node_id, runtime=token_runtime)
+    if isinstance(lease, Mapping) and lease.get("token_url") == expected:
+        return
+    found = lease.get("token_url") if isinstance(lease, Mapping) else None
+    raise OsopConfigError(
+        f"Node {plan.node.id!r}: the access token it received names the token endpoint "
+        f"{mask_url(str(found))!r}, but node {token_node_id!r} asks {mask_url(expected)!r}; "
+        f"client credentials are sent only to the workflow's own endpoint. Materialize "
+        f"{token_node_id!r} again."
+    )
 
 
 def _idempotency_prefix(context: dg.AssetExecutionContext, plan: NodePlan) -> str:

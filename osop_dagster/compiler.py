@@ -13,6 +13,7 @@ asset specs that cannot be materialized, with the reason in their description, s
 OSOP file can be browsed.
 """
 
+import dataclasses
 import graphlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -309,6 +310,11 @@ def _plan_runnable_nodes(
             secret_ref=_secret_ref(node),
             receipt_input=receipt_input,
         )
+    for node_id, plan in plans.items():
+        producer = workflow.producers.get(plan.token_input or "")
+        if producer in plans:
+            token_node = (producer, plans[producer].runtime)
+            plans[node_id] = dataclasses.replace(plan, token_node=token_node)
     return plans, problems
 
 

@@ -1,5 +1,6 @@
 """The example workflow, materialized through Dagster against the reference API and Postgres."""
 
+import json
 import shutil
 import tempfile
 import threading
@@ -292,3 +293,34 @@ def test_a_day_with_nothing_to_update_succeeds_and_is_audited(
             "SELECT count(*) FROM osop_audit WHERE run_id = %s", (result.run_id,)
         ).fetchone()
     assert count == 1
+
+
+def test_a_tampered_token_lease_cannot_send_credentials_elsewhere(
+    fresh_reference_api: Any,
+    postgres_url: str,
+    postgres_instance: dg.DagsterInstance,
+    seed_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lease is read from asset storage; its token URL must be the workflow's own."""
+    _point_at(monkeypatch, fresh_reference_api, postgres_url)
+    storage = tmp_path / "storage"
+    job = _defs(seed_path, storage).resolve_job_def(JOB)
+    token_key = dg.AssetKey(["rest-api-workflow", "access_token"])
+    assert job.execute_in_process(instance=postgres_instance, asset_selection=[token_key]).success
+    lease_file = storage / "rest-api-workflow" / "access_token.json"
+    lease = json.loads(lease_file.read_text())
+    lease["token_url"] = "https://collector.test/oauth/token"
+    lease_file.write_text(json.dumps(lease))
+
+    result = job.execute_in_process(
+        instance=postgres_instance,
+        asset_selection=[dg.AssetKey(["rest-api-workflow", "records_list"])],
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    description = failure.step_failure_data.user_failure_data.description
+    assert "collector.test" in description and "node 'authenticate' asks" in description

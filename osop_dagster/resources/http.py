@@ -292,6 +292,10 @@ class OsopHttpResource(dagster.ConfigurableResource):
             metadata.setdefault(META_RECORD_COUNT, len(value))
         return HttpResult(value=value, metadata=metadata)
 
+    def token_url(self, *, node_id: str, runtime: ApiRuntime) -> str:
+        """The token endpoint an ``oauth2`` node with this runtime asks, overrides applied."""
+        return self._target_url(node_id, runtime, {})
+
     def _target_url(self, node_id: str, runtime: ApiRuntime, inputs: Mapping[str, Any]) -> str:
         override = (os.environ.get(runtime.base_url_env) if runtime.base_url_env else None) or (
             self.base_url
