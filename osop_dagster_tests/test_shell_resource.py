@@ -318,3 +318,15 @@ def test_numbers_written_as_strings_are_warned_about(caplog: pytest.LogCaptureFi
     warnings = [record.getMessage() for record in caplog.records]
     assert len(warnings) == 1
     assert "['age_days'] hold numbers in some records and strings in others" in warnings[0]
+
+
+def test_jq_filter_that_never_ends_is_stopped_at_the_time_limit() -> None:
+    """The binding cannot be interrupted, so the filter runs in a child that can be killed."""
+    with pytest.raises(OsopShellError, match=r"did not finish within 0\.5 s"):
+        run("jq -n 'last(range(1e15))'", {}, node_timeout=0.5)
+
+
+def test_jq_output_over_the_cap_fails_the_step() -> None:
+    resource = OsopShellResource(max_output_bytes=1000)
+    with pytest.raises(OsopShellError, match="produced more than 1000 bytes"):
+        run("jq -n '[range(100000)]'", {}, resource=resource)

@@ -273,8 +273,9 @@ class OsopShellResource(dagster.ConfigurableResource):
                 something that is not JSON; or the jq filter failed.
         """
         document = _select_document(node_id, runtime, inputs)
+        limit = timeout_sec or runtime.timeout_sec or self.default_timeout_sec
         if runtime.jq is not None:
-            return self._run_jq(node_id, runtime, runtime.jq, document, log)
+            return self._run_jq(node_id, runtime, runtime.jq, document, limit, log)
 
         if runtime.program not in self.allowed_programs:
             raise OsopShellError(
@@ -283,7 +284,6 @@ class OsopShellResource(dagster.ConfigurableResource):
                 "resource's allowed_programs if the workflow may run it.",
                 metadata={META_COMMAND: runtime.command},
             )
-        limit = timeout_sec or runtime.timeout_sec or self.default_timeout_sec
         return self._run_process(node_id, runtime, document, limit, log)
 
     def _run_jq(
@@ -292,6 +292,7 @@ class OsopShellResource(dagster.ConfigurableResource):
         runtime: CliRuntime,
         invocation: JqInvocation,
         document: Any,
+        limit_sec: float,
         log: logging.Logger,
     ) -> ShellResult:
         started = time.monotonic()
@@ -306,14 +307,18 @@ class OsopShellResource(dagster.ConfigurableResource):
         subject = None if invocation.null_input else document
         if invocation.slurp and not invocation.null_input:
             subject = [document]
-        # TODO(#4): the binding cannot be interrupted, so no time limit applies to a jq filter.
         try:
-            results = program.input_value(subject).all()
+            results = _bounded_jq(program, subject, limit_sec, self.max_output_bytes)
         except (ValueError, TypeError) as exc:
             raise OsopShellError(
                 f"Node {node_id!r}: the jq filter {invocation.filter!r} failed on its input: "
                 f"{exc}.",
                 metadata={META_COMMAND: runtime.command, META_EXIT_CODE: 5},
+            ) from exc
+        except _JqLimitError as exc:
+            raise OsopShellError(
+                f"Node {node_id!r}: the jq filter {invocation.filter!r} {exc}.",
+                metadata={META_COMMAND: runtime.command},
             ) from exc
         duration_ms = round((time.monotonic() - started) * 1000)
         log.info("Shell step %r: program jq (binding), exit code 0, %d ms", node_id, duration_ms)
@@ -499,6 +504,72 @@ def _mixed_type_fields(records: Sequence[Any]) -> dict[str, dict[str, int]]:
                 kind = _json_type(item)
                 counts[kind] = counts.get(kind, 0) + 1
     return {key: counts for key, counts in seen.items() if len(counts) > 1}
+
+
+class _JqLimitError(Exception):
+    """A jq filter ran out of time or produced too much output."""
+
+
+def _bounded_jq(program: Any, subject: Any, limit_sec: float, max_bytes: int) -> list[Any]:
+    """Runs a compiled jq filter in a forked child, so that its time and output are bounded.
+
+    The binding holds the GIL while it runs and cannot be interrupted, so a filter that never
+    ends could not be stopped in this process. The child inherits the compiled filter and the
+    input without copying them, and sends the results back as JSON, which is what jq computes.
+    """
+    if not hasattr(os, "fork"):
+        return list(program.input_value(subject).all())
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        # The child: only the binding and json from here on, and never a normal exit, which
+        # would run the parent's atexit handlers and flush its buffers a second time.
+        status = 0
+        try:
+            os.close(read_end)
+            try:
+                answer = {"results": program.input_value(subject).all()}
+            except (ValueError, TypeError) as exc:
+                answer = {"error": str(exc), "type": type(exc).__name__}
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(json.dumps(answer, separators=(",", ":")).encode("utf-8"))
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+
+    os.close(write_end)
+    chunks: list[bytes] = []
+    received = 0
+    deadline = time.monotonic() + limit_sec
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(read_end, selectors.EVENT_READ)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _JqLimitError(f"did not finish within {limit_sec:g} s")
+                if not selector.select(remaining):
+                    continue
+                chunk = os.read(read_end, 1 << 20)
+                if not chunk:
+                    break
+                received += len(chunk)
+                if received > max_bytes:
+                    raise _JqLimitError(f"produced more than {max_bytes} bytes of output")
+                chunks.append(chunk)
+    except _JqLimitError:
+        os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+
+    answer = json.loads(b"".join(chunks) or b'{"error": "the jq child ended without answering"}')
+    if "error" in answer:
+        raise ValueError(answer["error"])
+    return list(answer["results"])
 
 
 @dataclass(frozen=True)
