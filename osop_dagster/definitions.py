@@ -24,8 +24,9 @@ INVALID_GROUP = "osop_invalid_workflows"
 def build_osop_resources() -> dict[str, Any]:
     """The resources that run OSOP nodes, configured from the environment.
 
-    ``OSOP_API_BASE_URL`` replaces the base URL of every ``api`` node and ``OSOP_POSTGRES_URL``
-    names the Postgres server of ``db`` nodes. The Postgres URL is passed as a
+    ``OSOP_API_BASE_URL`` replaces the base URL of every ``api`` node, ``OSOP_POSTGRES_URL``
+    names the Postgres server of ``db`` nodes and ``OSOP_ALLOWED_PROGRAMS`` lists the programs
+    besides ``jq`` that ``cli`` nodes may run. The Postgres URL is passed as a
     :class:`dagster.EnvVar`, so its password never shows in the UI or in run config.
     """
     postgres_url = (
@@ -35,10 +36,15 @@ def build_osop_resources() -> dict[str, Any]:
     )
     return {
         "osop_http": OsopHttpResource(base_url=os.environ.get(constants.ENV_API_BASE_URL) or None),
-        "osop_shell": OsopShellResource(),
+        "osop_shell": OsopShellResource(allowed_programs=_allowed_programs()),
         "osop_postgres": OsopPostgresResource(url=postgres_url),
         "io_manager": OsopJsonIOManager(),
     }
+
+
+def _allowed_programs() -> list[str]:
+    extra = os.environ.get(constants.ENV_ALLOWED_PROGRAMS, "")
+    return ["jq", *(name.strip() for name in extra.split(",") if name.strip())]
 
 
 def build_osop_definitions(

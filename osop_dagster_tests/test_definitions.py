@@ -129,3 +129,17 @@ edges:
     )
     assert result.success
     assert result.asset_value(dg.AssetKey(["spaced", "a/b:c"])) == 2
+
+
+def test_programs_besides_jq_are_allowed_only_through_the_environment(
+    monkeypatch: pytest.MonkeyPatch, repo_root: Path
+) -> None:
+    monkeypatch.delenv(constants.ENV_ALLOWED_PROGRAMS, raising=False)
+    assert build_osop_definitions(repo_root / "workflows").resources[
+        "osop_shell"
+    ].allowed_programs == ["jq"]
+
+    monkeypatch.setenv(constants.ENV_ALLOWED_PROGRAMS, "python3, gzip")
+    assert build_osop_definitions(repo_root / "workflows").resources[
+        "osop_shell"
+    ].allowed_programs == ["jq", "python3", "gzip"]
