@@ -14,6 +14,7 @@ import dagster as dg
 
 from benchmarks._protocol import phase, read_spec, write_result
 from osop_dagster import OsopTranslator, build_osop_definitions, load_workflow
+from osop_dagster._demo import execute_in_one_process
 
 # The demo's console setting: one line per step and per HTTP call instead of every DEBUG event.
 CONSOLE_AT_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -58,9 +59,7 @@ def main() -> None:
 
     run_config = CONSOLE_AT_INFO if spec.get("console_info") else None
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(
-            instance=instance, raise_on_error=False, run_config=run_config
-        )
+        result = execute_in_one_process(job, instance, run_config=run_config)
         run_seconds = time.perf_counter() - started - definitions_seconds
         figures = _materializations(instance, result.run_id)
         steps = _step_seconds(instance, result.run_id)
