@@ -483,27 +483,38 @@ def _record_figures(document: Any, value: Any, log: logging.Logger, node_id: str
     return figures
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
+_JSON_TYPES: dict[type, str] = {
+    type(None): "null",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+}
 
 
 def _mixed_type_fields(records: Sequence[Any]) -> dict[str, dict[str, int]]:
-    seen: dict[str, dict[str, int]] = {}
+    # Counted by Python type first, one dict lookup per value, and named after JSON types at
+    # the end: this scan sees every value of every record, so it must stay cheap.
+    seen: dict[Any, dict[type, int]] = {}
     for record in records:
-        if isinstance(record, Mapping):
+        if type(record) is dict:
             for key, item in record.items():
-                counts = seen.setdefault(str(key), {})
-                kind = _json_type(item)
+                counts = seen.get(key)
+                if counts is None:
+                    counts = seen[key] = {}
+                kind = type(item)
                 counts[kind] = counts.get(kind, 0) + 1
-    return {key: counts for key, counts in seen.items() if len(counts) > 1}
+    mixed: dict[str, dict[str, int]] = {}
+    for key, by_type in seen.items():
+        named: dict[str, int] = {}
+        for kind, count in by_type.items():
+            name = _JSON_TYPES.get(kind, "object")
+            named[name] = named.get(name, 0) + count
+        if len(named) > 1:
+            mixed[str(key)] = named
+    return mixed
 
 
 class _JqLimitError(Exception):
