@@ -54,8 +54,7 @@ def execute_node(
 
     if node.type == "api":
         retry = RetrySettings.from_node(node.retry_policy, node.timeout_sec)
-        if plan.auth == "oauth2":
-            assert plan.secret_ref is not None  # the compiler made such nodes not runnable
+        if plan.auth == "oauth2" and plan.secret_ref:
             result = resource.authenticate(
                 node_id=node.id,
                 runtime=plan.runtime,

@@ -94,7 +94,7 @@ def build_osop_assets(
     not_runnable = _find_not_runnable(workflow, upstream)
     plans, problems = _plan_runnable_nodes(workflow, not_runnable)
     problems.extend(_name_clashes(workflow, translator))
-    schedules, schedule_problems = _build_schedules(workflow, translator, not_runnable)
+    schedules, schedule_problems = _build_schedules(workflow, translator)
     problems.extend(schedule_problems)
     recoveries, recovery_problems = _plan_recoveries(workflow, translator, plans, upstream)
     problems.extend(recovery_problems)
@@ -473,7 +473,7 @@ def _is_union_member(part: str | int) -> bool:
 
 
 def _build_schedules(
-    workflow: OsopWorkflow, translator: OsopTranslator, not_runnable: Mapping[str, str]
+    workflow: OsopWorkflow, translator: OsopTranslator
 ) -> tuple[list[dg.ScheduleDefinition], list[SpecProblem]]:
     schedules: list[dg.ScheduleDefinition] = []
     problems: list[SpecProblem] = []
