@@ -100,11 +100,13 @@ def _object_or_scalar(value: Any) -> str:
 
 
 def _scalar_or_object(scalar: Any, mapping: Any) -> Any:
-    """A schema ``oneOf`` of a scalar and an object, validated by the branch the value fits."""
-    return Annotated[
-        Union[Annotated[scalar, Tag("scalar")], Annotated[mapping, Tag("object")]],  # noqa: UP007 - Tag needs the subscripted form
-        Discriminator(_object_or_scalar),
-    ]
+    """A schema ``oneOf`` of a scalar and an object, validated by the branch the value fits.
+
+    The annotation is built at run time, which type checkers cannot follow: fields using it
+    carry ``type: ignore[valid-type]``. Tagged members need ``Union[...]``, not ``|`` (UP007).
+    """
+    members = (Annotated[scalar, Tag("scalar")], Annotated[mapping, Tag("object")])
+    return Annotated[Union[members], Discriminator(_object_or_scalar)]  # noqa: UP007
 
 
 class _OsopModel(BaseModel):
@@ -307,7 +309,7 @@ class OsopNodeSecurity(_OsopModel):
     access_control: str | None = None
     data_classification: str | None = None
     encryption: str | None = None
-    model_governance: _scalar_or_object(str, dict[str, Any]) | None = None  # type: ignore[valid-type]
+    model_governance: _scalar_or_object(str, dict[str, Any]) | None = None  # type: ignore
     auth: str | None = None
     secret_ref: str | None = None
 
@@ -366,7 +368,7 @@ class OsopNode(_OsopModel):
     explain: Explain | None = None  # type: ignore[valid-type]
     observability: OsopNodeObservability | None = None
     security: OsopNodeSecurity | None = None
-    approval_gate: _scalar_or_object(bool, OsopApprovalGate) | None = None  # type: ignore[valid-type]
+    approval_gate: _scalar_or_object(bool, OsopApprovalGate) | None = None  # type: ignore
     parent: str | None = None
     spawn_policy: OsopSpawnPolicy | None = None
     workflow_ref: str | None = None
@@ -534,7 +536,7 @@ class OsopObservabilityPolicy(_OsopModel):
     default_log_level: Literal["debug", "info", "warn", "error"] = "info"
     log_level: str | None = None
     tracing: _scalar_or_object(bool, dict[str, Any]) | None = None  # type: ignore[valid-type]
-    audit_trail: _scalar_or_object(str | bool, dict[str, Any]) | None = None  # type: ignore[valid-type]
+    audit_trail: _scalar_or_object(str | bool, dict[str, Any]) | None = None  # type: ignore
 
 
 class OsopEvolutionOutput(_OsopModel):

@@ -252,7 +252,9 @@ def test_seed_workflow_loads_into_typed_model(shared_dir: Path) -> None:
     assert workflow.producers["access_token"] == "authenticate"
     assert workflow.node("batch_update").input_names == ("filtered_records", "access_token")
     assert workflow.node("batch_update").retry_policy.max_retries == 2  # type: ignore[union-attr]
-    assert workflow.node("authenticate").security.secret_ref == "SERVICE_CLIENT_CREDENTIALS"  # type: ignore[union-attr]
+    security = workflow.node("authenticate").security
+    assert security is not None
+    assert security.secret_ref == "SERVICE_CLIENT_CREDENTIALS"
     error_edge = workflow.edges[5]
     assert (error_edge.mode, error_edge.when) == ("error", "update_response.status == 401")
     assert workflow.node("get_records").runtime["method"] == "GET"
