@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,14 @@ def shared_dir() -> Path:
     if not (shared / "osop-spec" / "osop.schema.json").is_file():
         pytest.fail(f"The shared test data is missing: expected {shared} beside the checkout.")
     return shared
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> Path:
+    """A copy of the files a user runs the commands from, with no state yet."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dagster.yaml", "workspace.yaml"):
+        shutil.copy(REPO_ROOT / name, project)
+    shutil.copytree(REPO_ROOT / "workflows", project / "workflows")
+    return project

@@ -1,6 +1,5 @@
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -90,14 +89,10 @@ def test_installed_entry_point_reports_without_traceback(shared_dir: Path) -> No
 
 @pytest.mark.integration
 def test_ui_shows_the_lineage_and_the_demo_run_then_stops_cleanly(
-    tmp_path: Path, repo_root: Path, postgres_url: str
+    project_copy: Path, postgres_url: str
 ) -> None:
     """`osop-dagster demo` then `osop-dagster ui`, over one instance, as the README says."""
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("dagster.yaml", "workspace.yaml"):
-        shutil.copy(repo_root / name, project)
-    shutil.copytree(repo_root / "workflows", project / "workflows")
+    project = project_copy
     environment = {**os.environ, "OSOP_POSTGRES_URL": postgres_url}
     environment.pop("OSOP_API_BASE_URL", None)
     entry_point = str(Path(sys.executable).parent / "osop-dagster")

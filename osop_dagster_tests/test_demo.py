@@ -19,13 +19,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def project(tmp_path: Path, repo_root: Path) -> Iterator[Path]:
-    """A copy of the project's run files, with no state yet."""
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("dagster.yaml", "workspace.yaml"):
-        shutil.copy(repo_root / name, project)
-    shutil.copytree(repo_root / "workflows", project / "workflows")
+def project(project_copy: Path) -> Iterator[Path]:
+    """A copy of the project's run files; the embedded server's temp folder goes afterwards."""
+    project = project_copy
     yield project
     data_dir = embedded_data_dir(project / STATE_DIR_NAME)
     if not data_dir.is_relative_to(project):

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -663,14 +662,10 @@ def _watch_reference_api(project: Path, secrets_seen: set[str], tokens_seen: set
 
 @pytest.mark.integration
 def test_secrets_stay_out_of_what_the_ui_shows(
-    tmp_path: Path, repo_root: Path, postgres_url: str
+    tmp_path: Path, project_copy: Path, postgres_url: str
 ) -> None:
     """`osop-dagster demo`, then `osop-dagster ui`: no GraphQL answer quotes a secret."""
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("dagster.yaml", "workspace.yaml"):
-        shutil.copy(repo_root / name, project)
-    shutil.copytree(repo_root / "workflows", project / "workflows")
+    project = project_copy
     environment = {**os.environ, constants.ENV_POSTGRES_URL: postgres_url}
     for name in (constants.ENV_API_BASE_URL, SECRET_REF, _REFERENCE_SECRET_VAR):
         environment.pop(name, None)
