@@ -167,6 +167,11 @@ def _parser() -> argparse.ArgumentParser:
         "--import-workflows", type=int, default=200, help="workflows for the import test; 0 skips"
     )
     parser.add_argument("--import-repeat", type=int, default=3)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run every contender under cProfile; stats go to <output-dir>/profiles/",
+    )
     return parser
 
 
@@ -369,8 +374,12 @@ def run_contender(
     log_path = work / f"{contender.name}-{repeat}.log"
     # Other work on the machine skews every figure; the load says how much there was.
     load_before = round(os.getloadavg()[0], 2)
+    command = [python, "-m", contender.module, str(spec_path)]
+    if setup["profile_dir"] is not None:
+        stats = setup["profile_dir"] / f"{contender.name}-{repeat}.prof"
+        command[1:1] = ["-m", "cProfile", "-o", str(stats)]
     outcome = run_child(
-        [python, "-m", contender.module, str(spec_path)],
+        command,
         env,
         setup["timeout"],
         log_path,
@@ -642,7 +651,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "workflows": workflows,
             "selected": selected,
             "timeout": timeout,
+            "profile_dir": None,
         }
+        if args.profile:
+            setup["profile_dir"] = args.output_dir / "profiles"
+            setup["profile_dir"].mkdir(parents=True, exist_ok=True)
         dlt_version = None
         if any(CONTENDERS[name].kind == "dlt" for name in names):
             setup["dlt_python"], dlt_version = dlt_python(args.dlt_venv, args.install_dlt, work)

@@ -17,6 +17,10 @@ ENV_POSTGRES_URL: Final = "OSOP_POSTGRES_URL"
 ENV_ALLOW_INSECURE_HTTP: Final = "OSOP_ALLOW_INSECURE_HTTP"
 """Set to ``1`` to let client credentials and tokens travel over plain http to any host."""
 
+# Loggers.
+HTTP_LOGGER_NAME: Final = "osop_dagster.http"
+"""Process logger of every HTTP request: one INFO line each, headers and bodies at DEBUG."""
+
 # Metadata keys on asset specs and materializations.
 META_NODE_ID: Final = "osop/node_id"
 META_NODE_TYPE: Final = "osop/node_type"

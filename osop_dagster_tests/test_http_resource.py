@@ -10,6 +10,7 @@ import pytest
 import stamina
 import yaml
 
+from osop_dagster.constants import HTTP_LOGGER_NAME
 from osop_dagster.errors import OsopConfigError, OsopExecutionError, OsopHttpError
 from osop_dagster.resources import _oauth2
 from osop_dagster.resources.http import (
@@ -590,6 +591,7 @@ def test_secrets_stay_out_of_logs_errors_and_metadata(
     resource: OsopHttpResource, api: FakeApi, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Even at DEBUG, and even when the API echoes the token back in an error."""
+    caplog.set_level(logging.DEBUG, logger=HTTP_LOGGER_NAME)
     with caplog.at_level(logging.DEBUG, logger=LOG.name):
         runtime = ApiRuntime(url=BASE_URL, endpoint="/oauth/token", method="POST")
         auth = resource.authenticate(
@@ -626,9 +628,14 @@ def test_secrets_stay_out_of_logs_errors_and_metadata(
     for secret in (token, CLIENT_SECRET, "k-123456789", "s3cr%3Aet"):
         assert secret not in seen
     assert "api_key=***" in caplog.text
-    info_lines = [r for r in caplog.records if r.levelno == logging.INFO]
-    assert len(info_lines) == len(api.requests)
-    assert all(r.getMessage().startswith("HTTP ") for r in info_lines)
+    wire_lines = [
+        r for r in caplog.records if r.name == HTTP_LOGGER_NAME and r.levelno == logging.INFO
+    ]
+    assert len(wire_lines) == len(api.requests)
+    assert all(r.getMessage().startswith("HTTP ") for r in wire_lines)
+    # The run's own log gets a line per node call, not per request.
+    node_lines = [r for r in caplog.records if r.name == LOG.name and r.levelno == logging.INFO]
+    assert [r.getMessage().split(":")[0] for r in node_lines] == ["Node 'node'"]
 
 
 # Against the reference service, over real sockets on 127.0.0.1.

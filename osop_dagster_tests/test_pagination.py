@@ -6,7 +6,9 @@ import httpx
 import pytest
 import stamina
 
+from osop_dagster.constants import HTTP_LOGGER_NAME
 from osop_dagster.errors import OsopExecutionError
+from osop_dagster.resources import _pagination
 from osop_dagster.resources.http import ApiRuntime, HttpResult, OsopHttpResource, RetrySettings
 from osop_dagster_tests.fixtures.fake_api import BASE_URL, FakeApi
 
@@ -211,3 +213,25 @@ def test_next_link_to_another_origin_is_not_followed(api: FakeApi) -> None:
         fetch(api, "auto")
 
     assert len(api.requests) == 1
+
+
+def test_a_long_walk_reports_progress_to_the_run_log_not_a_line_per_page(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Per-request lines go to the process's HTTP logger; the run's log gets progress."""
+    monkeypatch.setattr(_pagination, "PROGRESS_EVERY_SEC", 0.0)
+    caplog.set_level(logging.INFO, logger=HTTP_LOGGER_NAME)
+
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        fetch(api, "auto")
+
+    run_lines = [r.getMessage() for r in caplog.records if r.name == LOG.name]
+    wire_lines = [r.getMessage() for r in caplog.records if r.name == HTTP_LOGGER_NAME]
+    assert len(wire_lines) == 3
+    assert [line.split(": ")[-1] for line in run_lines[:3]] == [
+        "1 pages, 3 items so far.",
+        "2 pages, 6 items so far.",
+        "3 pages, 7 items so far.",
+    ]
+    assert len(run_lines) == 4
+    assert "3 requests, 7 items" in run_lines[-1]

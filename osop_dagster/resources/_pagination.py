@@ -3,7 +3,7 @@
 Each strategy says which request comes first and, from an answer, which comes next or that the
 walk is over. The walk itself (:func:`walk_pages`) owns the guards every style shares: an empty
 page ends it, a cursor or link seen before fails it (the server is going round in circles), so
-does a page holding exactly the items of an earlier page (the same loop behind a link spelled
+does a page holding the items of an earlier page (the same loop behind a link spelled
 differently), and a page cap fails it rather than fetching without end.
 """
 
@@ -18,6 +18,7 @@ import httpx
 
 from osop_dagster.errors import OsopExecutionError
 from osop_dagster.resources._api_runtime import PaginationSettings
+from osop_dagster.resources._progress import Progress
 from osop_dagster.resources._redaction import mask_url
 
 # Where an item list usually lives in an answer that is an object.
@@ -26,6 +27,9 @@ ITEM_KEYS: Final = ("data", "items", "records", "results")
 _CURSOR_PATHS: Final = ("next_cursor", "pagination.next_cursor", "meta.next_cursor")
 
 _MISSING: Final = object()
+
+# A long walk reports to the run's log this often.
+PROGRESS_EVERY_SEC: Final = 10.0
 
 
 def get_path(value: Any, path: str, default: Any = _MISSING) -> Any:
@@ -258,6 +262,7 @@ def walk_pages(
     warnings: list[str] = []
     total: Any = None
     pages = 0
+    progress = Progress(log, PROGRESS_EVERY_SEC)
     while True:
         pages += 1
         response, body = fetch(request)
@@ -287,6 +292,7 @@ def walk_pages(
             repeats = seen_pages.get(digest)
             seen_pages.setdefault(digest, pages)
         collected.extend(items)
+        progress.report("%s: %d pages, %d items so far.", describe, pages, len(collected))
 
         if total_path:
             page_total = get_path(body, total_path, None)
@@ -338,7 +344,10 @@ def walk_pages(
 
 
 def _items_digest(items: list[Any]) -> str:
-    text = json.dumps(items, sort_keys=True, separators=(",", ":"), default=str)
+    # A page's count and its first and last items tell a repeated page from a new one; hashing
+    # every item cost more than parsing the page.
+    ends = [len(items), items[0], items[-1]]
+    text = json.dumps(ends, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

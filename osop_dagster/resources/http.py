@@ -23,6 +23,7 @@ import httpx
 from pydantic import PrivateAttr
 
 from osop_dagster.constants import (
+    HTTP_LOGGER_NAME,
     META_ATTEMPTS,
     META_BATCH_IDS,
     META_CHUNKS,
@@ -67,7 +68,8 @@ from osop_dagster.resources._oauth2 import (
     require_secure_transport,
     store_token,
 )
-from osop_dagster.resources._pagination import PageRequest, get_path, walk_pages
+from osop_dagster.resources._pagination import PROGRESS_EVERY_SEC, PageRequest, get_path, walk_pages
+from osop_dagster.resources._progress import Progress
 from osop_dagster.resources._redaction import (
     mask_data,
     mask_form,
@@ -98,6 +100,12 @@ __all__ = [
     "RetrySettings",
     "TokenSettings",
 ]
+
+# One INFO line per request, headers and bodies at DEBUG. A plain process logger, not the run's
+# event log: an event per request costs a database write each, more than the request itself on
+# a fast API. Listing it under ``python_logs.managed_python_loggers`` stores the lines as events.
+WIRE_LOG: Final = logging.getLogger(HTTP_LOGGER_NAME)
+
 
 # How much of a body a debug line or an error quotes.
 _PREVIEW_CHARS: Final = 2000
@@ -290,6 +298,14 @@ class OsopHttpResource(dagster.ConfigurableResource):
             metadata[META_TOKEN_RENEWED] = auth.renewed
         if isinstance(value, list):
             metadata.setdefault(META_RECORD_COUNT, len(value))
+        log.info(
+            "%s: %d requests, %d items, %d bytes received in %d ms.",
+            session.describe(runtime.method, url),
+            session.transport.requests,
+            metadata.get(META_RECORD_COUNT, 0),
+            session.bytes_received,
+            metadata[META_DURATION_MS],
+        )
         return HttpResult(value=value, metadata=metadata)
 
     def token_url(self, *, node_id: str, runtime: ApiRuntime) -> str:
@@ -323,11 +339,11 @@ class OsopHttpResource(dagster.ConfigurableResource):
     ) -> "_Session":
         timeout = timeout_sec or retry.timeout_sec or self.timeout_sec
         if self._transport is not None:
-            transport = _LoggingTransport(self._transport, log, owned=False)
+            transport = _LoggingTransport(self._transport, owned=False)
         else:
             verify = _verified_tls() if self.verify_tls else False
             inner = httpx.HTTPTransport(verify=verify, retries=0)
-            transport = _LoggingTransport(inner, log, owned=True)
+            transport = _LoggingTransport(inner, owned=True)
         client = httpx.Client(
             transport=transport,
             timeout=httpx.Timeout(timeout),
@@ -446,7 +462,14 @@ def _batch_write(
     receipt = BatchReceipt()
     total_chunks = -(-len(items) // settings.size)
 
+    progress = Progress(session.log, PROGRESS_EVERY_SEC)
     for index, chunk in enumerate(chunks(items, settings.size)):
+        progress.report(
+            "%s: sent %d of %d chunks.",
+            session.describe(runtime.method, prepared.url),
+            index,
+            total_chunks,
+        )
         body = {settings.body_key: [shape_item(item, settings, assigned) for item in chunk]}
         key = idempotency_key(idempotency_prefix, session.node_id, index, body)
         request = session.client.build_request(
@@ -528,8 +551,8 @@ class _Session:
             response.close()
         self.bytes_received += len(content)
         body = decode_body(response, content)
-        if self.log.isEnabledFor(logging.DEBUG):
-            self.log.debug(
+        if WIRE_LOG.isEnabledFor(logging.DEBUG):
+            WIRE_LOG.debug(
                 "HTTP answer %s %s: headers=%s body=%s",
                 response.status_code,
                 mask_url(request.url),
@@ -603,9 +626,9 @@ class _Session:
 class _LoggingTransport(httpx.BaseTransport):
     """Logs one INFO line per request that goes on the wire, and counts them."""
 
-    def __init__(self, inner: httpx.BaseTransport, log: logging.Logger, *, owned: bool) -> None:
+    def __init__(self, inner: httpx.BaseTransport, *, owned: bool) -> None:
         self.inner = inner
-        self.log = log
+        self.log = WIRE_LOG
         self.owned = owned
         self.requests = 0
 
