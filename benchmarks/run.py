@@ -94,7 +94,8 @@ CONTENDERS: Final = {
             BEST_BATCH,
             extra={"console_info": True},
             description="a copy with runtime.pagination page_number/page_size 1000/total_path, "
-            "runtime.batch.size 1000, console logger at INFO; no concurrency knob exists",
+            f"runtime.batch.size 1000, {CONCURRENCY} pages and chunks in flight, console logger "
+            "at INFO",
         ),
         Contender(
             "floor",
@@ -254,7 +255,7 @@ def run_child(
 
 
 def best_workflow(target: Path, records: int) -> Path:
-    """A copy of the seed workflow with the largest pages and batches the service accepts."""
+    """A copy of the seed workflow with the largest pages and batches, sent concurrently."""
     document = yaml.safe_load(SEED_WORKFLOW.read_text(encoding="utf-8"))
     for node in document["nodes"]:
         if node["id"] == "get_records":
@@ -263,9 +264,10 @@ def best_workflow(target: Path, records: int) -> Path:
                 "page_size": BEST_PAGE,
                 "total_path": "pagination.total",
                 "max_pages": records // BEST_PAGE + 10,
+                "concurrency": CONCURRENCY,
             }
         if node["id"] == "batch_update":
-            node["runtime"]["batch"] = {"size": BEST_BATCH}
+            node["runtime"]["batch"] = {"size": BEST_BATCH, "concurrency": CONCURRENCY}
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), "utf-8")
     return target

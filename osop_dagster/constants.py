@@ -22,6 +22,8 @@ HTTP_LOGGER_NAME: Final = "osop_dagster.http"
 """Process logger of every HTTP request: one INFO line each, headers and bodies at DEBUG."""
 
 # Metadata keys on asset specs and materializations.
+META_LOAD_AS_TEXT: Final = "osop/load_as_text"
+"""Set on an input's definition: the IO manager hands over the stored JSON text, undecoded."""
 META_NODE_ID: Final = "osop/node_id"
 META_NODE_TYPE: Final = "osop/node_type"
 META_WORKFLOW_ID: Final = "osop/workflow_id"

@@ -8,6 +8,8 @@ from typing import Any
 
 import dagster as dg
 
+from osop_dagster._json_text import JsonText
+from osop_dagster.constants import META_LOAD_AS_TEXT
 from osop_dagster.errors import OsopExecutionError
 
 
@@ -16,7 +18,9 @@ class OsopJsonIOManager(dg.ConfigurableIOManager):
 
     OSOP values are JSON by nature (API bodies, records, jq results), so JSON keeps them readable
     and safe to load, unlike pickles. A value is written to a temporary file that replaces the
-    old one only once complete: a failed run never leaves a half-written asset behind.
+    old one only once complete: a failed run never leaves a half-written asset behind. An input
+    whose definition metadata sets ``osop/load_as_text`` receives the stored bytes as a
+    :class:`~osop_dagster._json_text.JsonText` instead of the decoded value.
 
     Attributes:
         base_dir: Folder for the files; by default ``osop`` under the Dagster instance's storage
@@ -53,12 +57,14 @@ class OsopJsonIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({"osop/stored_bytes": len(data.encode("utf-8"))})
 
     def load_input(self, context: dg.InputContext) -> Any:
-        """Reads the JSON value of the upstream asset."""
+        """Reads the JSON value of the upstream asset, or its text for inputs that ask for it."""
         path = self._path(context)
         if not path.is_file():
             raise OsopExecutionError(
                 f"Asset {context.asset_key.to_user_string()!r} has no stored value at {path}; "
                 "materialize it first."
             )
+        if context.definition_metadata.get(META_LOAD_AS_TEXT):
+            return JsonText(path.read_bytes())
         with path.open(encoding="utf-8") as handle:
             return json.load(handle)

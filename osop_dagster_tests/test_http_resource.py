@@ -1,5 +1,6 @@
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -377,6 +378,73 @@ def test_failed_chunk_reports_what_was_accepted_before(
     assert "Field 'status' is read-only." in message
     assert "Chunks 1 to 1 of 3 were accepted before chunk 2 failed" in message
     assert raised.value.metadata["osop/batch_ids"] == ["b1"]
+
+
+def test_concurrent_chunks_keep_their_order_in_the_receipt(
+    resource: OsopHttpResource, api: FakeApi, lease: dict[str, Any]
+) -> None:
+    """Chunks sent three at a time: every item once, batch ids in chunk order."""
+    records = [{"id": n} for n in range(1, 8)]
+    api.records = records
+    sent_order: list[int] = []
+
+    def slow_first_chunks(request: httpx.Request) -> httpx.Response:
+        first_id = json.loads(request.content)["records"][0]["id"]
+        # Early chunks answer last, so answers arrive out of chunk order.
+        time.sleep(0.05 if first_id < 4 else 0)
+        sent_order.append(first_id)
+        return api._batch(request)
+
+    api.overrides[BATCH] = slow_first_chunks
+
+    result = call(
+        resource,
+        {"endpoint": BATCH, "method": "PATCH", "batch": {"size": 2, "concurrency": 3}},
+        {"records": records},
+        token=lease,
+    )
+
+    receipt = result.value
+    assert receipt["items_sent"] == 7
+    assert receipt["chunks"] == 4
+    answered = {answer["batch_id"]: answer["results"][0]["id"] for answer in receipt["responses"]}
+    assert [answered[batch_id] for batch_id in receipt["batch_ids"]] == [1, 3, 5, 7]
+    assert sent_order != [1, 3, 5, 7]
+    keys = [request.headers["Idempotency-Key"] for request in api.requests_to(BATCH)]
+    assert len(set(keys)) == 4
+
+
+def test_a_failed_concurrent_chunk_lists_every_chunk_accepted_around_it(
+    resource: OsopHttpResource, api: FakeApi, lease: dict[str, Any]
+) -> None:
+    """Chunks in flight when one fails still come back; the error names each accepted one."""
+    records = [{"id": n} for n in range(1, 7)]
+    api.records = records
+
+    def chunk_2_fails(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["records"][0]["id"] == 2:
+            time.sleep(0.05)
+            return httpx.Response(422, json={"message": "Record 2 is locked."})
+        return api._batch(request)
+
+    api.overrides[BATCH] = chunk_2_fails
+
+    with pytest.raises(OsopHttpError) as raised:
+        call(
+            resource,
+            {"endpoint": BATCH, "method": "PATCH", "batch": {"size": 1, "concurrency": 3}},
+            {"records": records},
+            token=lease,
+        )
+
+    message = str(raised.value)
+    assert "Record 2 is locked." in message
+    # Three in flight: chunk 4 left when chunk 1 came back, before chunk 2 had failed.
+    assert "Chunks 1, 3, 4 of 6 were accepted before chunk 2 failed" in message
+    assert raised.value.metadata["osop/items_sent"] == 3
+    # Nothing was sent once chunk 2 had failed.
+    sent = sorted(json.loads(r.content)["records"][0]["id"] for r in api.requests_to(BATCH))
+    assert sent == [1, 2, 3, 4]
 
 
 # Retries.

@@ -4,6 +4,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from osop_dagster._json_text import JsonText
+from osop_dagster.constants import META_LOAD_AS_TEXT
 from osop_dagster.io_manager import OsopJsonIOManager
 
 
@@ -52,3 +54,21 @@ def test_default_location_is_the_instance_storage(tmp_path: Path) -> None:
         )
         assert result.success
         assert (Path(instance.storage_directory()) / "osop" / "flow" / "records.json").is_file()
+
+
+@dg.asset(
+    key=["flow", "raw"],
+    ins={"rows": dg.AssetIn(key=["flow", "records"], metadata={META_LOAD_AS_TEXT: True})},
+)
+def raw(rows: JsonText) -> int:
+    assert isinstance(rows, JsonText)
+    return len(rows.data)
+
+
+def test_an_input_that_asks_for_text_gets_the_stored_bytes(tmp_path: Path) -> None:
+    manager = OsopJsonIOManager(base_dir=str(tmp_path))
+    result = dg.materialize([records, raw], resources={"io_manager": manager})
+
+    stored = (tmp_path / "flow" / "records.json").read_bytes()
+    assert result.asset_value(["flow", "raw"]) == len(stored)
+    assert JsonText(stored).value() == records()

@@ -1,4 +1,6 @@
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -7,7 +9,7 @@ import pytest
 import stamina
 
 from osop_dagster.constants import HTTP_LOGGER_NAME
-from osop_dagster.errors import OsopExecutionError
+from osop_dagster.errors import OsopExecutionError, OsopHttpError
 from osop_dagster.resources import _pagination
 from osop_dagster.resources.http import ApiRuntime, HttpResult, OsopHttpResource, RetrySettings
 from osop_dagster_tests.fixtures.fake_api import BASE_URL, FakeApi
@@ -235,3 +237,123 @@ def test_a_long_walk_reports_progress_to_the_run_log_not_a_line_per_page(
     ]
     assert len(run_lines) == 4
     assert "3 requests, 7 items" in run_lines[-1]
+
+
+class _InFlight:
+    """Wraps a handler, holding each answer briefly and counting requests in flight at once."""
+
+    def __init__(self, handler: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.handler = handler
+        self.now = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.02)
+            return self.handler(request)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("style", ["page_number", "offset"])
+def test_concurrent_pages_arrive_in_order_with_the_same_requests(api: FakeApi, style: str) -> None:
+    """Pages fetched ahead are kept in page order; no page is asked twice or skipped."""
+    api.records = [{"id": n} for n in range(1, 24)]
+    in_flight = _InFlight(api._records)
+    api.overrides[RECORDS] = in_flight
+    pagination = {"style": style, "page_size": 2, "total_path": "pagination.total"}
+
+    result = fetch(api, {**pagination, "concurrency": 4})
+
+    assert result.value == api.records
+    assert result.metadata["osop/pages"] == 12
+    assert len(api.requests) == 12
+    sent = sorted(str(request.url.params) for request in api.requests)
+    assert len(set(sent)) == 12
+    assert 2 <= in_flight.most <= 4
+
+
+def test_the_resource_caps_the_pages_in_flight(api: FakeApi) -> None:
+    api.records = [{"id": n} for n in range(1, 24)]
+    in_flight = _InFlight(api._records)
+    api.overrides[RECORDS] = in_flight
+    resource = OsopHttpResource(max_concurrency=2)
+    resource._transport = api.transport()
+
+    result = resource.call(
+        node_id="get_records",
+        runtime=ApiRuntime.model_validate(
+            {
+                "url": BASE_URL,
+                "endpoint": RECORDS,
+                "pagination": {
+                    "style": "page_number",
+                    "page_size": 2,
+                    "total_path": "pagination.total",
+                    "concurrency": 8,
+                },
+            }
+        ),
+        inputs={},
+        token=None,
+        timeout_sec=None,
+        retry=RetrySettings(),
+        idempotency_prefix="run-1",
+        log=LOG,
+    )
+
+    assert result.value == api.records
+    assert in_flight.most == 2
+
+
+def test_a_server_that_caps_the_page_size_drops_the_plan_and_still_reads_every_item(
+    api: FakeApi,
+) -> None:
+    """Offsets planned for pages of 5 are wrong when the server sends 3: the walk goes on alone."""
+    api.records = [{"id": n} for n in range(1, 12)]
+
+    def capped(request: httpx.Request) -> httpx.Response:
+        params = dict(request.url.params)
+        params["limit"] = str(min(int(params["limit"]), 3))
+        return api._records(httpx.Request("GET", request.url.copy_with(params=params)))
+
+    api.overrides[RECORDS] = capped
+
+    result = fetch(
+        api,
+        {"style": "offset", "page_size": 5, "total_path": "pagination.total", "concurrency": 4},
+    )
+
+    assert result.value == api.records
+    offsets = [int(request.url.params["offset"]) for request in api.requests]
+    # The walk itself asks 0, 3, 6, 9; what was planned ahead (5, 10) is extra, never used.
+    assert [0, 3, 6, 9] == [offset for offset in offsets if offset % 3 == 0]
+
+
+def test_a_failing_page_fetched_ahead_fails_the_walk_with_its_own_error(api: FakeApi) -> None:
+    api.records = [{"id": n} for n in range(1, 24)]
+
+    def broken_page_4(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("page") == "4":
+            return httpx.Response(404, json={"error": "gone"})
+        return api._records(request)
+
+    api.overrides[RECORDS] = broken_page_4
+
+    with pytest.raises(OsopHttpError, match="HTTP 404"):
+        fetch(
+            api,
+            {
+                "style": "page_number",
+                "page_size": 2,
+                "total_path": "pagination.total",
+                "concurrency": 3,
+            },
+        )
+    # Nothing after the failure was planned beyond the window in flight.
+    assert len(api.requests) <= 4 + 3

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from osop_dagster._json_text import JsonText
 from osop_dagster.constants import (
+    META_DURATION_MS,
     META_EXIT_CODE,
     META_MIXED_TYPE_FIELDS,
     META_RECORD_COUNT,
@@ -330,3 +332,37 @@ def test_jq_output_over_the_cap_fails_the_step() -> None:
     resource = OsopShellResource(max_output_bytes=1000)
     with pytest.raises(OsopShellError, match="produced more than 1000 bytes"):
         run("jq -n '[range(100000)]'", {}, resource=resource)
+
+
+@pytest.mark.parametrize(
+    ("command", "document"),
+    [
+        (SEED_COMMAND, [{"id": 1, "status": "pending", "age_days": "9"}, {"id": 2, "age_days": 5}]),
+        ("jq -s 'length'", {"a": 1}),
+        ("jq '.[] | .id'", [{"id": "x"}, {"id": 2.5}, {"id": 12345678901234567890}]),
+        ("jq -n '[1, 2]'", {"a": 1}),
+    ],
+    ids=["seed", "slurp", "stream", "null_input"],
+)
+def test_stored_json_text_gives_what_the_decoded_value_gives(command: str, document: Any) -> None:
+    """A JsonText input goes to jq as text; results and figures equal the Python-value path."""
+    text = JsonText(json.dumps(document, separators=(",", ":")).encode())
+
+    from_value = run(command, {"records_list": document})
+    from_text = run(command, {"records_list": text})
+
+    assert from_text.value == from_value.value
+    drop = {META_DURATION_MS}
+    assert {k: v for k, v in from_text.metadata.items() if k not in drop} == {
+        k: v for k, v in from_value.metadata.items() if k not in drop
+    }
+
+
+def test_a_program_gets_stored_json_text_on_stdin_unchanged() -> None:
+    text = JsonText(b'{"b":1,"a":[true,null]}')
+    echo = python_command("import sys; sys.stdout.write(sys.stdin.read())")
+
+    resource = OsopShellResource(allowed_programs=[PYTHON])
+    result = run(echo, {"doc": text}, resource=resource, output_format="text")
+
+    assert result.value == '{"b":1,"a":[true,null]}'

@@ -12,6 +12,9 @@ HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 WRITE_METHODS: frozenset[str] = frozenset({"POST", "PUT", "PATCH"})
 
+MAX_CONCURRENCY = 32
+"""Most requests one node may keep in flight, whatever its settings say."""
+
 # ``${input_name.path.to.value}``: an input name, then keys or list indexes separated by dots.
 TEMPLATE = re.compile(r"\$\{([^{}]*)\}")
 _TEMPLATE_PATH = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*$")
@@ -64,6 +67,10 @@ class PaginationSettings(_Vocabulary):
         total_path: Dotted path of the total item count; when present, paging stops once that
             many items arrived, and a total that changes between pages is reported.
         max_pages: Most pages to fetch; more fails the step. Unset uses the resource's limit.
+        concurrency: Pages in flight at once. Above 1, once the first answer gives the total
+            (``total_path``), the other pages of a ``page_number`` or ``offset`` walk are fetched
+            ahead and kept in order; other styles fetch one page after another. The resource's
+            ``max_concurrency`` caps it.
     """
 
     style: Literal["page_number", "offset", "cursor", "link"]
@@ -77,6 +84,7 @@ class PaginationSettings(_Vocabulary):
     cursor_path: str | None = None
     total_path: str | None = None
     max_pages: int | None = Field(default=None, gt=0)
+    concurrency: int = Field(default=1, ge=1, le=MAX_CONCURRENCY)
 
     @property
     def effective_size_param(self) -> str:
@@ -99,6 +107,9 @@ class BatchSettings(_Vocabulary):
             output's ``batch_ids``.
         rejected_path: Dotted path, in each chunk's answer, of the list of rejected items.
         updated_path: Dotted path, in each chunk's answer, of the count summed into ``updated``.
+        concurrency: Chunks in flight at once. Chunks may then be applied out of order; each
+            keeps its own ``Idempotency-Key``, and a failure lists the chunks accepted. The
+            resource's ``max_concurrency`` caps it.
     """
 
     input: str | None = None
@@ -109,6 +120,7 @@ class BatchSettings(_Vocabulary):
     receipt_path: str = "batch_id"
     rejected_path: str = "rejected"
     updated_path: str = "updated"
+    concurrency: int = Field(default=1, ge=1, le=MAX_CONCURRENCY)
 
     _set_templates = field_validator("set")(_check_templates)
 

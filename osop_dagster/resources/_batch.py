@@ -2,9 +2,11 @@
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from osop_dagster.resources._api_runtime import BatchSettings
 from osop_dagster.resources._pagination import get_path
@@ -27,6 +29,48 @@ def shape_item(item: Any, settings: BatchSettings, assigned: Mapping[str, Any]) 
     )
     kept.update(assigned)
     return kept
+
+
+_Answer = TypeVar("_Answer")
+
+
+def send_in_order(
+    send: Callable[[int, list[Any]], _Answer],
+    pieces: Iterable[list[Any]],
+    concurrency: int,
+) -> Iterator[tuple[int, list[Any], _Answer | BaseException]]:
+    """Send each piece, up to ``concurrency`` at once, and yield the outcomes in piece order.
+
+    An outcome is the answer or the exception its sending raised. After the first exception no
+    further piece is sent, but the pieces already in flight are awaited and yielded, so the
+    caller learns which of them the server accepted.
+    """
+    if concurrency <= 1:
+        for index, piece in enumerate(pieces):
+            try:
+                yield index, piece, send(index, piece)
+            except Exception as error:  # handed to the caller, which re-raises it
+                yield index, piece, error
+                return
+        return
+
+    numbered = enumerate(pieces)
+    in_flight: deque[tuple[int, list[Any], Future[_Answer]]] = deque()
+    failed = False
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="osop-chunk") as pool:
+        while True:
+            while not failed and len(in_flight) < concurrency:
+                following = next(numbered, None)
+                if following is None:
+                    break
+                index, piece = following
+                in_flight.append((index, piece, pool.submit(send, index, piece)))
+            if not in_flight:
+                return
+            index, piece, future = in_flight.popleft()
+            error = future.exception()
+            failed = failed or error is not None
+            yield index, piece, future.result() if error is None else error
 
 
 def idempotency_key(prefix: str, node_id: str, index: int, body: Any) -> str:

@@ -10,7 +10,9 @@ differently), and a page cap fails it rather than fetching without end.
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -132,6 +134,12 @@ class PageNumberPaginator:
         self.page += 1
         return PageRequest(params=self._params())
 
+    def request_at(self, index: int, page_size: int) -> PageRequest:
+        """The request of the page ``index`` pages after the first."""
+        params = self._params()
+        params[self.settings.page_param] = self.settings.start_page + index
+        return PageRequest(params=params)
+
     def marker(self, request: PageRequest) -> str | None:
         return None
 
@@ -156,6 +164,12 @@ class OffsetPaginator:
         # Advancing by what arrived, not by page_size, stays right when the server caps the size.
         self.offset += len(items)
         return PageRequest(params=self._params())
+
+    def request_at(self, index: int, page_size: int) -> PageRequest:
+        """The request of the page ``index`` pages after the first, if every page is full."""
+        params = self._params()
+        params[self.settings.offset_param] = index * page_size
+        return PageRequest(params=params)
 
     def marker(self, request: PageRequest) -> str | None:
         return None
@@ -234,16 +248,19 @@ def walk_pages(
     max_pages: int,
     describe: str,
     log: logging.Logger,
+    concurrency: int = 1,
 ) -> PagedResult:
     """Fetch pages until the style says the collection is exhausted.
 
     Args:
-        fetch: Sends one page request and returns the answer and its parsed body.
+        fetch: Sends one page request and returns the answer and its parsed body. With
+            ``concurrency`` above 1 it is called from several threads at once.
         settings: The node's pagination settings, or ``None`` for ``auto`` mode (follow
             ``Link: rel="next"`` when present, keep the item list when there is one).
         max_pages: The page cap; fetching more fails.
         describe: ``"Node 'x': GET <masked URL>"`` for messages.
         log: Receives a WARNING for each oddity.
+        concurrency: Pages in flight at once, for addressable styles with a known total.
 
     Raises:
         OsopExecutionError: A cursor or link repeated, the page cap was exceeded, or an answer
@@ -253,6 +270,20 @@ def walk_pages(
     items_path = settings.items_path if settings else None
     total_path = settings.total_path if settings else None
     cap = settings.max_pages if settings and settings.max_pages else max_pages
+    with _Prefetcher(fetch, concurrency) as prefetcher:
+        return _walk(prefetcher, paginator, settings, items_path, total_path, cap, describe, log)
+
+
+def _walk(
+    prefetcher: "_Prefetcher",
+    paginator: Paginator,
+    settings: PaginationSettings | None,
+    items_path: str | None,
+    total_path: str | None,
+    cap: int,
+    describe: str,
+    log: logging.Logger,
+) -> PagedResult:
 
     request = paginator.first()
     seen_markers: set[str] = set()
@@ -265,7 +296,7 @@ def walk_pages(
     progress = Progress(log, PROGRESS_EVERY_SEC)
     while True:
         pages += 1
-        response, body = fetch(request)
+        response, body = prefetcher.take(request)
         items = find_items(body, items_path)
         seen_markers.add(str(response.request.url))
         if (marker := paginator.marker(request)) is not None:
@@ -308,6 +339,12 @@ def walk_pages(
 
         if not items:
             break
+        if pages == 1 and isinstance(total, int) and isinstance(paginator, _ADDRESSABLE):
+            # Every page's address is known now: the later ones can be on their way while this
+            # walk checks them one by one, in order, as if it had fetched them itself.
+            page_size = (settings.page_size if settings else None) or len(items)
+            last = min(-(-total // page_size), cap)
+            prefetcher.plan(paginator.request_at(index, page_size) for index in range(1, last))
         following = None
         if not (isinstance(total, int) and len(collected) >= total):
             following = paginator.next(response, body, items)
@@ -341,6 +378,71 @@ def walk_pages(
         request = following
 
     return PagedResult(collected, body, pages, warnings, response)
+
+
+class _Prefetcher:
+    """Fetches planned page requests ahead, a bounded number at a time, and hands them out in order.
+
+    A request the walk asks for that is not the next planned one (the server capped the page
+    size, or the walk stops early) drops the plan: what is in flight is awaited and discarded,
+    and the walk goes on one page at a time. Without a plan, or with a concurrency of 1, every
+    request is sent when it is asked for.
+    """
+
+    def __init__(self, fetch: FetchPage, concurrency: int) -> None:
+        self.fetch = fetch
+        self.concurrency = concurrency
+        self._executor: ThreadPoolExecutor | None = None
+        self._planned: Iterator[PageRequest] = iter(())
+        self._in_flight: deque[tuple[PageRequest, Future[tuple[httpx.Response, Any]]]] = deque()
+
+    def __enter__(self) -> "_Prefetcher":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._drop_plan()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def plan(self, requests: Iterable[PageRequest]) -> None:
+        """Start fetching ``requests`` ahead of the walk."""
+        if self.concurrency <= 1:
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix="osop-page"
+            )
+        self._planned = iter(requests)
+        self._top_up()
+
+    def take(self, request: PageRequest) -> tuple[httpx.Response, Any]:
+        """The answer to ``request``: prefetched when it was the next planned, else fetched now."""
+        if self._in_flight and self._in_flight[0][0] == request:
+            _, future = self._in_flight.popleft()
+            self._top_up()
+            return future.result()
+        self._drop_plan()
+        return self.fetch(request)
+
+    def _top_up(self) -> None:
+        assert self._executor is not None  # a plan creates it
+        while len(self._in_flight) < self.concurrency:
+            request = next(self._planned, None)
+            if request is None:
+                return
+            self._in_flight.append((request, self._executor.submit(self.fetch, request)))
+
+    def _drop_plan(self) -> None:
+        self._planned = iter(())
+        while self._in_flight:
+            _, future = self._in_flight.popleft()
+            if not future.cancel():
+                # Already sent: let it finish so no thread outlives the walk; its answer (or
+                # error) is not needed.
+                future.exception()
+
+
+_ADDRESSABLE: Final = (PageNumberPaginator, OffsetPaginator)
 
 
 def _items_digest(items: list[Any]) -> str:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import ssl
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -56,7 +57,13 @@ from osop_dagster.resources._api_runtime import (
     PaginationSettings,
     TokenSettings,
 )
-from osop_dagster.resources._batch import BatchReceipt, chunks, idempotency_key, shape_item
+from osop_dagster.resources._batch import (
+    BatchReceipt,
+    chunks,
+    idempotency_key,
+    send_in_order,
+    shape_item,
+)
 from osop_dagster.resources._oauth2 import (
     BearerAuth,
     build_token_request,
@@ -143,6 +150,8 @@ class OsopHttpResource(dagster.ConfigurableResource):
         follow_redirects: Follow redirects. httpx drops ``Authorization`` when a redirect leads
             to another origin, except for a plain http-to-https upgrade of the same host.
         user_agent: The ``User-Agent`` header of every request.
+        max_concurrency: Most requests one node keeps in flight, whatever its ``concurrency``
+            settings ask for; 1 makes every node send one request after another.
 
     Tests may set the private ``_transport`` attribute to an ``httpx.MockTransport``.
     """
@@ -155,6 +164,7 @@ class OsopHttpResource(dagster.ConfigurableResource):
     verify_tls: bool = True
     follow_redirects: bool = True
     user_agent: str = "osop-dagster"
+    max_concurrency: int = 8
 
     _transport: httpx.BaseTransport | None = PrivateAttr(default=None)
 
@@ -276,10 +286,17 @@ class OsopHttpResource(dagster.ConfigurableResource):
             if batch is not None:
                 settings, items = batch
                 value, metadata = _batch_write(
-                    session, prepared, settings, items, idempotency_prefix
+                    session,
+                    prepared,
+                    settings,
+                    items,
+                    idempotency_prefix,
+                    min(settings.concurrency, self.max_concurrency),
                 )
             elif runtime.method == "GET" and runtime.pagination != "none":
-                value, metadata = _paged_get(session, prepared, self.max_pages)
+                value, metadata = _paged_get(
+                    session, prepared, self.max_pages, self.max_concurrency
+                )
             else:
                 value, metadata = _single(session, prepared)
 
@@ -417,7 +434,7 @@ def _single(session: "_Session", prepared: _Prepared) -> tuple[Any, dict[str, An
 
 
 def _paged_get(
-    session: "_Session", prepared: _Prepared, max_pages: int
+    session: "_Session", prepared: _Prepared, max_pages: int, max_concurrency: int
 ) -> tuple[Any, dict[str, Any]]:
     runtime = prepared.runtime
     settings = runtime.pagination if isinstance(runtime.pagination, PaginationSettings) else None
@@ -436,7 +453,14 @@ def _paged_get(
             )
         return session.send(request, auth=prepared.auth, expect=runtime.expect_status)
 
-    paged = walk_pages(fetch, settings, max_pages=max_pages, describe=describe, log=session.log)
+    paged = walk_pages(
+        fetch,
+        settings,
+        max_pages=max_pages,
+        describe=describe,
+        log=session.log,
+        concurrency=min(settings.concurrency, max_concurrency) if settings else 1,
+    )
 
     metadata: dict[str, Any] = {
         META_STATUS: paged.last_response.status_code,
@@ -456,20 +480,14 @@ def _batch_write(
     settings: BatchSettings,
     items: list[Any],
     idempotency_prefix: str,
+    concurrency: int,
 ) -> tuple[Any, dict[str, Any]]:
     runtime = prepared.runtime
     assigned = render(settings.set, prepared.inputs, session.node_id)
     receipt = BatchReceipt()
     total_chunks = -(-len(items) // settings.size)
 
-    progress = Progress(session.log, PROGRESS_EVERY_SEC)
-    for index, chunk in enumerate(chunks(items, settings.size)):
-        progress.report(
-            "%s: sent %d of %d chunks.",
-            session.describe(runtime.method, prepared.url),
-            index,
-            total_chunks,
-        )
+    def send_chunk(index: int, chunk: list[Any]) -> tuple[httpx.Response, Any]:
         body = {settings.body_key: [shape_item(item, settings, assigned) for item in chunk]}
         key = idempotency_key(idempotency_prefix, session.node_id, index, body)
         request = session.client.build_request(
@@ -479,13 +497,31 @@ def _batch_write(
             headers={**prepared.headers, IDEMPOTENCY_HEADER: key},
             json=body,
         )
-        try:
-            response, answer = session.send(
-                request, auth=prepared.auth, expect=runtime.expect_status
-            )
-        except OsopHttpError as error:
-            raise _partial_batch_error(error, receipt, index, total_chunks) from None
+        return session.send(request, auth=prepared.auth, expect=runtime.expect_status)
+
+    progress = Progress(session.log, PROGRESS_EVERY_SEC)
+    accepted: list[int] = []
+    failure: tuple[int, OsopHttpError] | None = None
+    outcomes = send_in_order(send_chunk, chunks(items, settings.size), concurrency)
+    for index, chunk, outcome in outcomes:
+        progress.report(
+            "%s: sent %d of %d chunks.",
+            session.describe(runtime.method, prepared.url),
+            index,
+            total_chunks,
+        )
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, OsopHttpError):
+                raise outcome
+            # Chunks already in flight still come back; the accepted ones go on the receipt.
+            failure = failure or (index, outcome)
+            continue
+        response, answer = outcome
+        accepted.append(index)
         receipt.add(response.status_code, answer, len(chunk), settings)
+    if failure is not None:
+        index, error = failure
+        raise _partial_batch_error(error, receipt, accepted, index, total_chunks) from None
 
     if receipt.rejected:
         session.log.warning(
@@ -528,6 +564,8 @@ class _Session:
         self.max_bytes = max_bytes
         self.attempts = 0
         self.bytes_received = 0
+        # Pages and chunks may be in flight from several threads at once.
+        self._counting = threading.Lock()
 
     def __enter__(self) -> "_Session":
         return self
@@ -543,13 +581,15 @@ class _Session:
         self, request: httpx.Request, *, auth: httpx.Auth | None
     ) -> tuple[httpx.Response, Any]:
         """Send once and read the answer within the size cap; no status check."""
-        self.attempts += 1
+        with self._counting:
+            self.attempts += 1
         response = self.client.send(request, auth=auth or httpx.USE_CLIENT_DEFAULT, stream=True)
         try:
             content = self._read_capped(response)
         finally:
             response.close()
-        self.bytes_received += len(content)
+        with self._counting:
+            self.bytes_received += len(content)
         body = decode_body(response, content)
         if WIRE_LOG.isEnabledFor(logging.DEBUG):
             WIRE_LOG.debug(
@@ -631,10 +671,12 @@ class _LoggingTransport(httpx.BaseTransport):
         self.log = WIRE_LOG
         self.owned = owned
         self.requests = 0
+        self._counting = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send through the wrapped transport, timing until the answer's body is closed."""
-        self.requests += 1
+        with self._counting:
+            self.requests += 1
         started = time.perf_counter()
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug(
@@ -899,16 +941,22 @@ def _unreadable_json_error(describe: str, response: httpx.Response, text: str) -
 
 
 def _partial_batch_error(
-    error: OsopHttpError, receipt: BatchReceipt, index: int, total: int
+    error: OsopHttpError, receipt: BatchReceipt, accepted: list[int], index: int, total: int
 ) -> OsopHttpError:
-    if receipt.chunks:
+    if accepted == list(range(len(accepted))) and accepted:
+        chunks_accepted = f"Chunks 1 to {len(accepted)} of {total} were accepted"
+    elif accepted:
+        numbers = ", ".join(str(number + 1) for number in accepted)
+        chunks_accepted = f"Chunks {numbers} of {total} were accepted"
+    else:
+        chunks_accepted = None
+    if chunks_accepted:
         note = (
-            f" Chunks 1 to {receipt.chunks} of {total} were accepted before chunk {index + 1} "
-            f"failed (batch ids {receipt.batch_ids!r}); sending again reuses their "
-            "Idempotency-Keys."
+            f" {chunks_accepted} before chunk {index + 1} failed (batch ids "
+            f"{receipt.batch_ids!r}); sending again reuses their Idempotency-Keys."
         )
     else:
-        note = f" It was chunk 1 of {total}; nothing was accepted."
+        note = f" It was chunk {index + 1} of {total}; nothing was accepted."
     metadata = {
         META_CHUNKS: receipt.chunks,
         META_BATCH_IDS: receipt.batch_ids,

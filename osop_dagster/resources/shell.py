@@ -17,15 +17,16 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import dagster
 import jq
 from pydantic import Field, field_validator
 
+from osop_dagster._json_text import JsonText, resolve
 from osop_dagster.constants import (
     META_COMMAND,
     META_DURATION_MS,
@@ -304,11 +305,24 @@ class OsopShellResource(dagster.ConfigurableResource):
                 metadata={META_COMMAND: runtime.command},
             ) from exc
 
-        subject = None if invocation.null_input else document
-        if invocation.slurp and not invocation.null_input:
-            subject = [document]
+        subject: Any = None
+        text: bytes | None = None
+        if invocation.null_input:
+            pass
+        elif isinstance(document, JsonText):
+            # jq parses the stored text itself; -s wraps the one document in an array.
+            text = b"[" + document.data + b"]" if invocation.slurp else document.data
+        else:
+            subject = [document] if invocation.slurp else document
+
+        def census() -> dict[str, Any]:
+            # The records' own figures, computed here while the jq child works on its copy.
+            return _input_figures(resolve(document), log, node_id)
+
         try:
-            results = _bounded_jq(program, subject, limit_sec, self.max_output_bytes)
+            results, input_figures = _bounded_jq(
+                program, subject, text, limit_sec, self.max_output_bytes, meanwhile=census
+            )
         except (ValueError, TypeError) as exc:
             raise OsopShellError(
                 f"Node {node_id!r}: the jq filter {invocation.filter!r} failed on its input: "
@@ -333,8 +347,10 @@ class OsopShellResource(dagster.ConfigurableResource):
             META_EXECUTABLE: JQ_PROGRAM,
             META_EXIT_CODE: 0,
             META_DURATION_MS: duration_ms,
-            **_record_figures(document, value, log, node_id),
+            **input_figures,
         }
+        if input_figures and isinstance(value, list):
+            metadata[META_RECORD_COUNT] = len(value)
         return ShellResult(value=value, metadata=metadata)
 
     def _run_process(
@@ -346,7 +362,9 @@ class OsopShellResource(dagster.ConfigurableResource):
         log: logging.Logger,
     ) -> ShellResult:
         try:
-            stdin = json.dumps(document).encode()
+            stdin = (
+                document.data if isinstance(document, JsonText) else json.dumps(document).encode()
+            )
         except (TypeError, ValueError) as exc:
             raise OsopShellError(
                 f"Node {node_id!r}: its input cannot be written as JSON for {runtime.program!r}: "
@@ -400,7 +418,9 @@ class OsopShellResource(dagster.ConfigurableResource):
             )
 
         value = _parse_output(node_id, runtime, outcome.stdout)
-        metadata.update(_record_figures(document, value, log, node_id))
+        metadata.update(_input_figures(resolve(document), log, node_id))
+        if isinstance(value, list) and META_RECORDS_IN in metadata:
+            metadata[META_RECORD_COUNT] = len(value)
         return ShellResult(value=value, metadata=metadata)
 
 
@@ -414,7 +434,7 @@ def _select_document(node_id: str, runtime: CliRuntime, inputs: Mapping[str, Any
         return inputs[runtime.input]
     if len(inputs) == 1:
         return next(iter(inputs.values()))
-    return dict(inputs) if inputs else None
+    return {name: resolve(value) for name, value in inputs.items()} if inputs else None
 
 
 def _render_jq_text(results: Sequence[Any], invocation: JqInvocation) -> str:
@@ -457,8 +477,8 @@ def _json_stream(text: str) -> Iterator[Any]:
         yield value
 
 
-def _record_figures(document: Any, value: Any, log: logging.Logger, node_id: str) -> dict[str, Any]:
-    """Counts for list-to-list steps, and fields whose JSON types vary across the records.
+def _input_figures(document: Any, log: logging.Logger, node_id: str) -> dict[str, Any]:
+    """The count of a list input's records, and fields whose JSON types vary across them.
 
     jq compares values of different types by type order (every string above every number), so
     a drifting field type changes which records a filter keeps; it is reported, never altered.
@@ -466,8 +486,6 @@ def _record_figures(document: Any, value: Any, log: logging.Logger, node_id: str
     if not isinstance(document, list):
         return {}
     figures: dict[str, Any] = {META_RECORDS_IN: len(document)}
-    if isinstance(value, list):
-        figures[META_RECORD_COUNT] = len(value)
     mixed = _mixed_type_fields(document)
     if mixed:
         figures[META_MIXED_TYPE_FIELDS] = mixed
@@ -517,19 +535,33 @@ def _mixed_type_fields(records: Sequence[Any]) -> dict[str, dict[str, int]]:
     return mixed
 
 
+_Side = TypeVar("_Side")
+
+
 class _JqLimitError(Exception):
     """A jq filter ran out of time or produced too much output."""
 
 
-def _bounded_jq(program: Any, subject: Any, limit_sec: float, max_bytes: int) -> list[Any]:
+def _bounded_jq(
+    program: Any,
+    subject: Any,
+    text: bytes | None,
+    limit_sec: float,
+    max_bytes: int,
+    *,
+    meanwhile: Callable[[], _Side],
+) -> tuple[list[Any], _Side]:
     """Runs a compiled jq filter in a forked child, so that its time and output are bounded.
 
     The binding holds the GIL while it runs and cannot be interrupted, so a filter that never
     ends could not be stopped in this process. The child inherits the compiled filter and the
-    input without copying them, and sends the results back as JSON, which is what jq computes.
+    input (``text`` for jq to parse, else the value ``subject``) without copying them, and sends
+    the results back as JSON, which is what jq computes. This process runs ``meanwhile`` while
+    it waits and returns its result with jq's.
     """
     if not hasattr(os, "fork"):
-        return list(program.input_value(subject).all())
+        side = meanwhile()
+        return _jq_results(program, subject, text), side
 
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -540,7 +572,7 @@ def _bounded_jq(program: Any, subject: Any, limit_sec: float, max_bytes: int) ->
         try:
             os.close(read_end)
             try:
-                answer = {"results": program.input_value(subject).all()}
+                answer = {"results": _jq_results(program, subject, text)}
             except (ValueError, TypeError) as exc:
                 answer = {"error": str(exc), "type": type(exc).__name__}
             with os.fdopen(write_end, "wb") as pipe:
@@ -550,10 +582,17 @@ def _bounded_jq(program: Any, subject: Any, limit_sec: float, max_bytes: int) ->
         finally:
             os._exit(status)
 
+    deadline = time.monotonic() + limit_sec
     os.close(write_end)
+    try:
+        side = meanwhile()
+    except BaseException:
+        os.close(read_end)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     chunks: list[bytes] = []
     received = 0
-    deadline = time.monotonic() + limit_sec
     try:
         with selectors.DefaultSelector() as selector:
             selector.register(read_end, selectors.EVENT_READ)
@@ -580,7 +619,13 @@ def _bounded_jq(program: Any, subject: Any, limit_sec: float, max_bytes: int) ->
     answer = json.loads(b"".join(chunks) or b'{"error": "the jq child ended without answering"}')
     if "error" in answer:
         raise ValueError(answer["error"])
-    return list(answer["results"])
+    return list(answer["results"]), side
+
+
+def _jq_results(program: Any, subject: Any, text: bytes | None) -> list[Any]:
+    if text is not None:
+        return list(program.input_text(text.decode("utf-8")).all())
+    return list(program.input_value(subject).all())
 
 
 @dataclass(frozen=True)
