@@ -3,6 +3,10 @@
 Both parsers return the plain data together with a :data:`LineMap` from every location in the
 document (a tuple of mapping keys and sequence indexes) to the 1-based line where it is written,
 so that later validation can point the user at the exact line.
+
+YAML is scanned by libyaml when PyYAML is built with it, except for the few constructs the two
+scanners read differently; a text libyaml refuses is read again by PyYAML's own scanner, so every
+message users see, and every line in it, is that of the pure-Python reading.
 """
 
 import json
@@ -11,6 +15,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
 
 Location = tuple[str | int, ...]
 """A place in a document: mapping keys and sequence indexes from the root."""
@@ -80,13 +86,11 @@ def _check_encodable(value: str, line: int | None) -> str:
     return value
 
 
-class StrictSafeLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses what YAML 1.1 would silently reinterpret.
+class _StrictRules(Composer, SafeConstructor):
+    """What both strict loaders refuse; they differ only in who scans and parses the text.
 
-    Compared with :class:`yaml.SafeLoader` it rejects duplicate mapping keys, the YAML 1.1-only
-    booleans (``yes``, ``NO``, ``on``...), base-60 numbers (``1:30``), leading-zero octals
-    (``010``), binary and underscored numbers and unquoted timestamps. Each refusal is a
-    :class:`StrictYamlError` naming the line and asking for quotes or a plain spelling.
+    Composition and construction stay in Python in both, so the nesting limit, the node tree
+    and every refusal below are the same whichever parser produced the events.
     """
 
     def _refuse(self, node: yaml.Node, message: str, fix: str) -> NoReturn:
@@ -109,11 +113,16 @@ class StrictSafeLoader(yaml.SafeLoader):
         value = super().construct_scalar(node)
         return _check_encodable(value, _line(node.start_mark)) if isinstance(value, str) else value
 
+    # Current nesting, nodes composed so far, and whether the document defines an anchor.
+    _osop_depth = 0
+    _osop_nodes = 0
+    _osop_anchored = False
+
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         """Compose one node, refusing nesting deeper than :data:`MAX_NESTING_DEPTH`."""
         # Composition recurses once per level; counting here stops a deep document before the
         # Python stack runs out.
-        depth = getattr(self, "_osop_depth", 0) + 1
+        depth = self._osop_depth + 1
         if depth > MAX_NESTING_DEPTH:
             raise StrictYamlError(
                 f"the document nests lists and mappings more than {MAX_NESTING_DEPTH} levels deep",
@@ -121,10 +130,16 @@ class StrictSafeLoader(yaml.SafeLoader):
                 fix="Flatten the structure; a workflow needs only a few levels.",
             )
         self._osop_depth = depth
+        self._osop_nodes += 1
         try:
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self._osop_depth = depth - 1
+        if depth == 1:
+            # The composer forgets the anchors once the document is done; only with anchors
+            # can aliases make the document larger or deeper than what was composed.
+            self._osop_anchored = bool(self.anchors)
+        return node
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         """Accept decimal and hexadecimal integers; refuse octal, binary, base 60, underscores."""
@@ -207,12 +222,59 @@ class StrictSafeLoader(yaml.SafeLoader):
 
 
 for _tag, _method in (
-    (_BOOL_TAG, StrictSafeLoader.construct_yaml_bool),
-    (_INT_TAG, StrictSafeLoader.construct_yaml_int),
-    (_FLOAT_TAG, StrictSafeLoader.construct_yaml_float),
-    (_TIMESTAMP_TAG, StrictSafeLoader.construct_yaml_timestamp),
+    (_BOOL_TAG, _StrictRules.construct_yaml_bool),
+    (_INT_TAG, _StrictRules.construct_yaml_int),
+    (_FLOAT_TAG, _StrictRules.construct_yaml_float),
+    (_TIMESTAMP_TAG, _StrictRules.construct_yaml_timestamp),
 ):
-    StrictSafeLoader.add_constructor(_tag, _method)
+    _StrictRules.add_constructor(_tag, _method)
+
+
+class StrictSafeLoader(_StrictRules, yaml.SafeLoader):
+    """A safe YAML loader that refuses what YAML 1.1 would silently reinterpret.
+
+    Compared with :class:`yaml.SafeLoader` it rejects duplicate mapping keys, the YAML 1.1-only
+    booleans (``yes``, ``NO``, ``on``...), base-60 numbers (``1:30``), leading-zero octals
+    (``010``), binary and underscored numbers and unquoted timestamps. Each refusal is a
+    :class:`StrictYamlError` naming the line and asking for quotes or a plain spelling.
+
+    Everything, scanning included, runs in Python: this loader is the reference whose messages
+    users read.
+    """
+
+
+_StrictCSafeLoader: type[_StrictRules] | None = None
+"""The strict loader over libyaml, or ``None`` when PyYAML is built without it."""
+
+if yaml.__with_libyaml__:
+
+    class _StrictLibyamlLoader(_StrictRules, yaml.CSafeLoader):
+        """The same rules over libyaml's scanner and parser, about five times faster.
+
+        ``Composer`` precedes libyaml's parser in the method order, so composition (and with it
+        the nesting limit) stays the Python one; libyaml only turns the text into events.
+        """
+
+        def __init__(self, stream: str) -> None:
+            yaml.CSafeLoader.__init__(self, stream)
+            Composer.__init__(self)
+
+    _StrictCSafeLoader = _StrictLibyamlLoader
+
+
+# Where libyaml and PyYAML's scanner read the same text differently: PyYAML refuses tabs in
+# places libyaml takes them as spaces, the two count lines differently after a lone carriage
+# return, libyaml skips a byte-order mark at the start of any line, reads the non-specific tag
+# `!` differently and takes a comment straight after a block scalar's `|` or `>`. Texts that
+# may hold one of these, or a Unicode line break, are left to the reference loader.
+_LEFT_TO_PYTHON = re.compile(r"[\t\r\ufeff\x85\u2028\u2029]|(?:^|[\s\[{,])!|[|>][-+0-9]*#")
+
+
+def _left_to_python(text: str) -> bool:
+    """Whether libyaml might read ``text`` (CRLF already made LF) otherwise than PyYAML."""
+    # Inside brackets PyYAML ends a plain scalar at any `?` (`[a?b]` is an error), libyaml
+    # only at `? `; a URL with a query in a flow list is where users would meet it.
+    return bool(_LEFT_TO_PYTHON.search(text)) or ("?" in text and ("[" in text or "{" in text))
 
 
 def _expanded_shape(root: yaml.Node) -> tuple[int, int]:
@@ -308,16 +370,41 @@ def load_yaml(text: str) -> tuple[Any, LineMap]:
     Raises:
         StrictYamlError: The text is broken YAML or uses a YAML 1.1-only form.
     """
+    # Both scanners read a CRLF line break as one LF, in scalars and in line counts alike.
+    fast_text = text.replace("\r\n", "\n")
+    if _StrictCSafeLoader is not None and not _left_to_python(fast_text):
+        try:
+            data, lines = _compose_and_construct(_StrictCSafeLoader(fast_text), fast_text)
+        except Exception:
+            # libyaml words its errors its own way, and a text it refuses may hold a problem
+            # the rules find first: the reference loader reads the text again and says what
+            # users are told. Only a broken file pays for the second reading.
+            pass
+        else:
+            # A workflow is a mapping. Other documents are refused at the line of their root,
+            # which the two parsers place differently in an empty document.
+            if isinstance(data, dict):
+                return data, lines
     try:
         # The reader checks the characters as soon as it is made, so it belongs in the try.
         loader = StrictSafeLoader(text)
     except yaml.reader.ReaderError as error:
         raise _unreadable(text, error) from None
+    return _compose_and_construct(loader, text)
+
+
+def _compose_and_construct(loader: Any, text: str) -> tuple[Any, LineMap]:
+    """Compose the single document, check its expanded size and depth, then build the data."""
     try:
         node = loader.get_single_node()
         if node is None:
             return None, {}
-        size, depth = _expanded_shape(node)
+        if loader._osop_anchored:
+            size, depth = _expanded_shape(node)
+        else:
+            # A tree without aliases: its size is what was composed, its depth was bounded
+            # while composing.
+            size, depth = loader._osop_nodes, 1
         if size > MAX_EXPANDED_NODES:
             raise StrictYamlError(
                 f"the document expands to more than {MAX_EXPANDED_NODES} values through "

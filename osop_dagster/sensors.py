@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import cel
 import dagster as dg
 
 from osop_dagster import constants
@@ -63,6 +62,10 @@ class RecoveryPlan:
 
 def compile_condition(expression: str) -> Any:
     """Compiles a CEL condition; raises ``ValueError`` with the parser's reason."""
+    # Imported on first use: the package loads its interactive shell too (50 ms), which a code
+    # location whose edges have no conditions never needs.
+    import cel
+
     return cel.compile(expression)
 
 
