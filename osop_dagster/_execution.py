@@ -86,6 +86,8 @@ def execute_node(
                 retry=retry,
                 idempotency_prefix=_idempotency_prefix(context, plan),
                 log=log,
+                # Pages are encoded as they arrive: the records never sit in memory as objects.
+                as_text=len(node.output_names) == 1,
             )
     elif node.type == "cli":
         result = resource.run(

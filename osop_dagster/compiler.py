@@ -15,8 +15,9 @@ OSOP file can be browsed.
 
 import dataclasses
 import graphlib
+import inspect
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ import pydantic
 
 from osop_dagster import constants
 from osop_dagster._execution import RESOURCE_KEYS, NodePlan, execute_node
+from osop_dagster._json_text import resolve
 from osop_dagster._summary import summarise
 from osop_dagster.errors import (
     OsopError,
@@ -106,17 +108,22 @@ def build_osop_assets(
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = []
     runnable_keys: list[dg.AssetKey] = []
     for node in workflow.nodes:
-        specs = _node_specs(
-            workflow, node, translator, not_runnable.get(node.id), upstream[node.id]
-        )
+        deps = [
+            translator.get_asset_key(workflow, workflow.node(upstream_id), name)
+            for upstream_id in upstream[node.id]
+            for name in output_names(workflow.node(upstream_id))
+        ]
         if node.id in plans:
+            # Dagster builds outputs only from specs without deps (see `_node_asset`), so the
+            # specs of a runnable node are made without them rather than copied without them.
+            specs = _node_specs(workflow, node, translator, None, [])
             asset = _node_asset(
-                workflow, node, plans[node.id], specs, translator, gates.get(node.id, [])
+                workflow, node, plans[node.id], specs, deps, translator, gates.get(node.id, [])
             )
             assets.append(asset)
             runnable_keys.extend(spec.key for spec in specs)
         else:
-            assets.extend(specs)
+            assets.extend(_node_specs(workflow, node, translator, not_runnable.get(node.id), deps))
 
     job = None
     if runnable_keys:
@@ -541,13 +548,8 @@ def _node_specs(
     node: OsopNode,
     translator: OsopTranslator,
     not_runnable_reason: str | None,
-    upstream: Sequence[str],
+    deps: Sequence[dg.AssetKey],
 ) -> list[dg.AssetSpec]:
-    deps = [
-        translator.get_asset_key(workflow, workflow.node(upstream_id), name)
-        for upstream_id in upstream
-        for name in output_names(workflow.node(upstream_id))
-    ]
     metadata = translator.get_metadata(workflow, node)
     metadata[constants.META_EXECUTABLE] = not_runnable_reason is None
     return [
@@ -571,6 +573,7 @@ def _node_asset(
     node: OsopNode,
     plan: NodePlan,
     specs: Sequence[dg.AssetSpec],
+    deps: Sequence[dg.AssetKey],
     translator: OsopTranslator,
     gates: Sequence[tuple[OsopEdge, Any]],
 ) -> dg.AssetsDefinition:
@@ -580,11 +583,14 @@ def _node_asset(
     for edge, _ in gates:
         for output in output_names(workflow.node(edge.from_node)):
             parameters.setdefault(output, f"in_{len(parameters)}")
+    # A shell step reads its input as JSON text (jq parses it itself): no decoding in between.
+    as_text = {constants.META_LOAD_AS_TEXT: True} if node.type == "cli" else None
     ins = {
         parameter: dg.AssetIn(
             key=translator.get_asset_key(workflow, workflow.node(workflow.producers[name]), name)
             if name in workflow.producers
-            else translator.get_asset_key(workflow, workflow.node(name), name)
+            else translator.get_asset_key(workflow, workflow.node(name), name),
+            metadata=as_text,
         )
         for name, parameter in parameters.items()
     }
@@ -596,13 +602,12 @@ def _node_asset(
     # Dagster builds outputs that carry values only from specs without deps: data deps come
     # back as `ins`, edges that carry no data as `deps`. A gated node may yield nothing.
     outs = {
-        name: dg.AssetOut.from_spec(
-            spec.replace_attributes(deps=[]), dagster_type=Any, is_required=not gates
-        )
+        name: dg.AssetOut.from_spec(spec, dagster_type=Any, is_required=not gates)
         for name, spec in outputs.values()
     }
     data_keys = {asset_in.key for asset_in in ins.values()}
-    order_only = [dep.asset_key for dep in specs[0].deps if dep.asset_key not in data_keys]
+    # A key listed twice is one dependency, as an AssetSpec's deps would count it.
+    order_only = [key for key in dict.fromkeys(deps) if key not in data_keys]
     check = _rejection_check(workflow, node, specs[0].key)
 
     @dg.multi_asset(
@@ -614,9 +619,10 @@ def _node_asset(
         required_resource_keys={RESOURCE_KEYS[node.type]},
         op_tags=translator.get_run_tags(workflow),
     )
+    @_known_signature
     def _materialize(context: dg.AssetExecutionContext, **kwargs: Any) -> Iterator[dg.Output]:
         values_in = {name: kwargs[parameter] for name, parameter in parameters.items()}
-        if gates and not _any_gate_open(gates, values_in):
+        if gates and not _any_gate_open(gates, {k: resolve(v) for k, v in values_in.items()}):
             context.log.info(
                 "Skipping node %r: no condition of its conditional edges holds (%s).",
                 node.id,
@@ -642,6 +648,18 @@ def _node_asset(
             yield _rejection_result(check, result.value)
 
     return _materialize
+
+
+def _materialize_prototype(context: dg.AssetExecutionContext, **kwargs: Any) -> Iterator[dg.Output]:
+    yield from ()
+
+
+_MATERIALIZE_SIGNATURE = inspect.signature(_materialize_prototype)
+
+
+def _known_signature(function: Callable[..., Any]) -> Callable[..., Any]:
+    function.__signature__ = _MATERIALIZE_SIGNATURE
+    return function
 
 
 def _rejection_check(
@@ -714,6 +732,7 @@ def _split_outputs(node: OsopNode, value: Any) -> dict[str, Any]:
     names = output_names(node)
     if len(names) == 1:
         return {names[0]: value}
+    value = resolve(value)
     if not isinstance(value, Mapping) or not all(name in value for name in names):
         found = sorted(value) if isinstance(value, Mapping) else type(value).__name__
         raise dg.Failure(

@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from osop_dagster._json_text import JsonText
+from osop_dagster._json_text import JsonText, encode
 from osop_dagster.constants import META_LOAD_AS_TEXT
 from osop_dagster.errors import OsopExecutionError
 
@@ -18,8 +18,10 @@ class OsopJsonIOManager(dg.ConfigurableIOManager):
 
     OSOP values are JSON by nature (API bodies, records, jq results), so JSON keeps them readable
     and safe to load, unlike pickles. A value is written to a temporary file that replaces the
-    old one only once complete: a failed run never leaves a half-written asset behind. An input
-    whose definition metadata sets ``osop/load_as_text`` receives the stored bytes as a
+    old one only once complete: a failed run never leaves a half-written asset behind. Lists are
+    written in the line layout of :mod:`osop_dagster._json_text`, a run of items to a line, so
+    that a reader can split them without parsing. An input whose definition metadata sets
+    ``osop/load_as_text`` receives the stored text as a
     :class:`~osop_dagster._json_text.JsonText` instead of the decoded value.
 
     Attributes:
@@ -38,10 +40,15 @@ class OsopJsonIOManager(dg.ConfigurableIOManager):
         return base.joinpath(*folders, f"{name}.json")
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        """Writes ``obj`` as JSON, atomically."""
+        """Writes ``obj`` as JSON, atomically; a list one run of items to a line."""
         path = self._path(context)
         try:
-            data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            if isinstance(obj, JsonText):
+                text = obj
+            elif isinstance(obj, list):
+                text = JsonText.from_list(obj)
+            else:
+                text = JsonText(encode(obj))
         except (TypeError, ValueError) as error:
             raise OsopExecutionError(
                 f"The value of asset {context.asset_key.to_user_string()!r} cannot be stored as "
@@ -49,12 +56,14 @@ class OsopJsonIOManager(dg.ConfigurableIOManager):
             ) from error
 
         path.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
         with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+            "wb", dir=path.parent, prefix=f".{path.name}.", delete=False
         ) as handle:
-            handle.write(data)
+            for piece in text.pieces():
+                written += handle.write(piece)
         os.replace(handle.name, path)
-        context.add_output_metadata({"osop/stored_bytes": len(data.encode("utf-8"))})
+        context.add_output_metadata({"osop/stored_bytes": written})
 
     def load_input(self, context: dg.InputContext) -> Any:
         """Reads the JSON value of the upstream asset, or its text for inputs that ask for it."""
@@ -65,6 +74,15 @@ class OsopJsonIOManager(dg.ConfigurableIOManager):
                 "materialize it first."
             )
         if context.definition_metadata.get(META_LOAD_AS_TEXT):
-            return JsonText(path.read_bytes())
-        with path.open(encoding="utf-8") as handle:
+            return _read_text(path)
+        with path.open("rb") as handle:
             return json.load(handle)
+
+
+def _read_text(path: Path) -> JsonText:
+    # A list in the line layout is read a line at a time, so its runs never sit in memory twice.
+    with path.open("rb") as handle:
+        first = handle.readline()
+        if first != b"[\n":
+            return JsonText(first + handle.read())
+        return JsonText.from_runs(line.rstrip(b",\n") for line in handle if line != b"]")

@@ -18,6 +18,7 @@ from typing import Any, Final, Protocol
 
 import httpx
 
+from osop_dagster._json_text import JsonText, encode
 from osop_dagster.errors import OsopExecutionError
 from osop_dagster.resources._api_runtime import PaginationSettings
 from osop_dagster.resources._progress import Progress
@@ -223,19 +224,47 @@ class PagedResult:
     """What a walk through the pages gathered.
 
     Attributes:
-        items: The items of every page, in order; ``None`` when the single answer had no item
-            list (``auto`` mode), in which case ``body`` is the output.
+        items: The items of every page, in order, as a list or, when the walk was asked for
+            text, as a :class:`JsonText` list with a run per page; ``None`` when the single
+            answer had no item list (``auto`` mode), in which case ``body`` is the output.
         body: The last answer's body.
         pages: How many pages were fetched.
         warnings: Oddities worth a look (a total that changed while paging).
         last_response: The last answer.
+        count: How many items arrived.
     """
 
-    items: list[Any] | None
+    items: list[Any] | JsonText | None
     body: Any
     pages: int
     warnings: list[str]
     last_response: httpx.Response
+    count: int
+
+
+class _Collected:
+    """The items of the pages so far, as Python values or encoded a page at a time."""
+
+    def __init__(self, as_text: bool) -> None:
+        self.items: list[Any] | None = None if as_text else []
+        self.runs: list[bytes] = []
+        self.count = 0
+
+    def add(self, items: list[Any], describe: str) -> None:
+        self.count += len(items)
+        if self.items is not None:
+            self.items.extend(items)
+            return
+        try:
+            self.runs.append(encode(items)[1:-1])
+        except (TypeError, ValueError) as error:
+            raise OsopExecutionError(
+                f"{describe}: page items cannot be stored as JSON: {error}. The answer holds "
+                "NaN, an infinity or text that is not valid Unicode."
+            ) from error
+
+    def value(self) -> list[Any] | JsonText:
+        return self.items if self.items is not None else JsonText.from_runs(self.runs)
 
 
 FetchPage = Callable[[PageRequest], tuple[httpx.Response, Any]]
@@ -249,6 +278,7 @@ def walk_pages(
     describe: str,
     log: logging.Logger,
     concurrency: int = 1,
+    as_text: bool = False,
 ) -> PagedResult:
     """Fetch pages until the style says the collection is exhausted.
 
@@ -261,6 +291,7 @@ def walk_pages(
         describe: ``"Node 'x': GET <masked URL>"`` for messages.
         log: Receives a WARNING for each oddity.
         concurrency: Pages in flight at once, for addressable styles with a known total.
+        as_text: Keep the items as JSON text, a run per page, rather than as Python values.
 
     Raises:
         OsopExecutionError: A cursor or link repeated, the page cap was exceeded, or an answer
@@ -271,7 +302,9 @@ def walk_pages(
     total_path = settings.total_path if settings else None
     cap = settings.max_pages if settings and settings.max_pages else max_pages
     with _Prefetcher(fetch, concurrency) as prefetcher:
-        return _walk(prefetcher, paginator, settings, items_path, total_path, cap, describe, log)
+        return _walk(
+            prefetcher, paginator, settings, items_path, total_path, cap, describe, log, as_text
+        )
 
 
 def _walk(
@@ -283,13 +316,13 @@ def _walk(
     cap: int,
     describe: str,
     log: logging.Logger,
+    as_text: bool,
 ) -> PagedResult:
-
     request = paginator.first()
     seen_markers: set[str] = set()
     # Digest of each non-empty page's items -> its page number.
     seen_pages: dict[str, int] = {}
-    collected: list[Any] = []
+    collected = _Collected(as_text)
     warnings: list[str] = []
     total: Any = None
     pages = 0
@@ -308,7 +341,7 @@ def _walk(
         if items is None:
             if settings is None and next_link(response) is None:
                 # auto mode on an answer that is not a collection: the body is the output.
-                return PagedResult(None, body, pages, warnings, response)
+                return PagedResult(None, body, pages, warnings, response, 0)
             where = f"at {items_path!r}" if items_path else "in the answer"
             raise OsopExecutionError(
                 f"{describe}: the first page has no item list {where}; expected a list body or a "
@@ -322,8 +355,8 @@ def _walk(
             digest = _items_digest(items)
             repeats = seen_pages.get(digest)
             seen_pages.setdefault(digest, pages)
-        collected.extend(items)
-        progress.report("%s: %d pages, %d items so far.", describe, pages, len(collected))
+        collected.add(items, describe)
+        progress.report("%s: %d pages, %d items so far.", describe, pages, collected.count)
 
         if total_path:
             page_total = get_path(body, total_path, None)
@@ -346,7 +379,7 @@ def _walk(
             last = min(-(-total // page_size), cap)
             prefetcher.plan(paginator.request_at(index, page_size) for index in range(1, last))
         following = None
-        if not (isinstance(total, int) and len(collected) >= total):
+        if not (isinstance(total, int) and collected.count >= total):
             following = paginator.next(response, body, items)
         if following is not None and following.url is not None:
             _check_same_origin(response.request.url, following.url, describe)
@@ -371,13 +404,13 @@ def _walk(
         if pages >= cap:
             raise OsopExecutionError(
                 f"{describe}: more than {cap} pages; stopped at the page cap with "
-                f"{len(collected)} items. Raise pagination.max_pages (or the resource's "
+                f"{collected.count} items. Raise pagination.max_pages (or the resource's "
                 "max_pages) if the collection really is that large, or set page_size.",
                 metadata={"osop/pages": pages},
             )
         request = following
 
-    return PagedResult(collected, body, pages, warnings, response)
+    return PagedResult(collected.value(), body, pages, warnings, response, collected.count)
 
 
 class _Prefetcher:

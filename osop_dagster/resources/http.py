@@ -250,6 +250,7 @@ class OsopHttpResource(dagster.ConfigurableResource):
         retry: RetrySettings,
         idempotency_prefix: str,
         log: logging.Logger,
+        as_text: bool = False,
     ) -> HttpResult:
         """Run one api node: a single request, a walk through pages, or a batch write.
 
@@ -262,7 +263,9 @@ class OsopHttpResource(dagster.ConfigurableResource):
             retry: The node's retry settings.
             idempotency_prefix: Start of every batch chunk's ``Idempotency-Key``; keep it equal
                 across re-executions of the same logical run so that resent chunks deduplicate.
-            log: Receives one INFO line per request, details at DEBUG, retries at WARNING.
+            log: Receives a line per call, progress, retries and renewals.
+            as_text: Return the items of a walk through pages as a :class:`JsonText` list,
+                encoded a page at a time, instead of Python values.
 
         Raises:
             OsopHttpError: An answer was a final failure, or retries ran out.
@@ -295,7 +298,7 @@ class OsopHttpResource(dagster.ConfigurableResource):
                 )
             elif runtime.method == "GET" and runtime.pagination != "none":
                 value, metadata = _paged_get(
-                    session, prepared, self.max_pages, self.max_concurrency
+                    session, prepared, self.max_pages, self.max_concurrency, as_text
                 )
             else:
                 value, metadata = _single(session, prepared)
@@ -434,7 +437,11 @@ def _single(session: "_Session", prepared: _Prepared) -> tuple[Any, dict[str, An
 
 
 def _paged_get(
-    session: "_Session", prepared: _Prepared, max_pages: int, max_concurrency: int
+    session: "_Session",
+    prepared: _Prepared,
+    max_pages: int,
+    max_concurrency: int,
+    as_text: bool,
 ) -> tuple[Any, dict[str, Any]]:
     runtime = prepared.runtime
     settings = runtime.pagination if isinstance(runtime.pagination, PaginationSettings) else None
@@ -460,6 +467,7 @@ def _paged_get(
         describe=describe,
         log=session.log,
         concurrency=min(settings.concurrency, max_concurrency) if settings else 1,
+        as_text=as_text,
     )
 
     metadata: dict[str, Any] = {
@@ -470,7 +478,7 @@ def _paged_get(
         metadata[META_WARNINGS] = paged.warnings
     if paged.items is None:
         return _output(paged.body, runtime.output, describe), metadata
-    metadata[META_RECORD_COUNT] = len(paged.items)
+    metadata[META_RECORD_COUNT] = paged.count
     return paged.items, metadata
 
 

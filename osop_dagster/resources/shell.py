@@ -37,6 +37,16 @@ from osop_dagster.constants import (
     META_RECORDS_IN,
 )
 from osop_dagster.errors import OsopShellError
+from osop_dagster.resources._jq_shares import (
+    MIN_SPLIT_BYTES,
+    JqShareError,
+    JqShareLimitError,
+    maps_each_item,
+    mixed_types,
+    plan_shares,
+    run_shares,
+    type_census,
+)
 from osop_dagster.resources._vocabulary import RuntimeVocabulary
 
 JQ_PROGRAM = "jq"
@@ -238,6 +248,8 @@ class OsopShellResource(dagster.ConfigurableResource):
         allowed_programs: Programs a command may start.
         default_timeout_sec: Time limit of a program when neither the node nor its runtime sets one.
         max_output_bytes: Standard output beyond this size fails the step.
+        jq_processes: Processes a jq filter of the form ``[.[] | f]`` or ``map(f)`` over a list
+            stored in the line layout may use at once; by default one per CPU available.
     """
 
     allowed_programs: list[str] = Field(
@@ -249,6 +261,14 @@ class OsopShellResource(dagster.ConfigurableResource):
     )
     max_output_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0, description="Standard output beyond this fails the step."
+    )
+    jq_processes: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Processes a jq filter that maps each item of a large list may use at once; by "
+            "default one per CPU available, 1 filters in one process."
+        ),
     )
 
     def run(
@@ -305,6 +325,19 @@ class OsopShellResource(dagster.ConfigurableResource):
                 metadata={META_COMMAND: runtime.command},
             ) from exc
 
+        runs = document.runs() if isinstance(document, JsonText) else None
+        if (
+            runs is not None
+            and self._jq_processes() > 1
+            and sum(len(run) for run in runs) >= MIN_SPLIT_BYTES
+            and runtime.output_format == "json"
+            and not (invocation.slurp or invocation.null_input)
+            and maps_each_item(invocation.filter)
+        ):
+            return self._run_jq_in_shares(
+                node_id, runtime, invocation, program, runs, limit_sec, log
+            )
+
         subject: Any = None
         text: bytes | None = None
         if invocation.null_input:
@@ -352,6 +385,56 @@ class OsopShellResource(dagster.ConfigurableResource):
         if input_figures and isinstance(value, list):
             metadata[META_RECORD_COUNT] = len(value)
         return ShellResult(value=value, metadata=metadata)
+
+    def _jq_processes(self) -> int:
+        if self.jq_processes is not None:
+            return self.jq_processes
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+    def _run_jq_in_shares(
+        self,
+        node_id: str,
+        runtime: CliRuntime,
+        invocation: JqInvocation,
+        program: Any,
+        runs: list[bytes],
+        limit_sec: float,
+        log: logging.Logger,
+    ) -> ShellResult:
+        started = time.monotonic()
+        processes = self._jq_processes()
+        shares = plan_shares(runs, processes)
+        try:
+            outcome = run_shares(program, shares, processes, limit_sec, self.max_output_bytes)
+        except JqShareError as exc:
+            raise OsopShellError(
+                f"Node {node_id!r}: the jq filter {invocation.filter!r} failed on its input: "
+                f"{exc}.",
+                metadata={META_COMMAND: runtime.command, META_EXIT_CODE: 5},
+            ) from exc
+        except JqShareLimitError as exc:
+            raise OsopShellError(
+                f"Node {node_id!r}: the jq filter {invocation.filter!r} {exc}.",
+                metadata={META_COMMAND: runtime.command},
+            ) from exc
+        duration_ms = round((time.monotonic() - started) * 1000)
+        log.info(
+            "Shell step %r: program jq (binding), exit code 0, %d ms, %d shares on %d processes",
+            node_id,
+            duration_ms,
+            len(shares),
+            processes,
+        )
+        metadata = {
+            META_COMMAND: runtime.command,
+            META_EXECUTABLE: JQ_PROGRAM,
+            META_EXIT_CODE: 0,
+            META_DURATION_MS: duration_ms,
+            META_RECORDS_IN: outcome.records_in,
+            META_RECORD_COUNT: outcome.records_out,
+            **_census_figures(outcome.census, log, node_id),
+        }
+        return ShellResult(value=JsonText.from_runs(outcome.runs), metadata=metadata)
 
     def _run_process(
         self,
@@ -486,9 +569,16 @@ def _input_figures(document: Any, log: logging.Logger, node_id: str) -> dict[str
     if not isinstance(document, list):
         return {}
     figures: dict[str, Any] = {META_RECORDS_IN: len(document)}
-    mixed = _mixed_type_fields(document)
-    if mixed:
-        figures[META_MIXED_TYPE_FIELDS] = mixed
+    figures.update(_census_figures(type_census(document), log, node_id))
+    return figures
+
+
+def _census_figures(
+    census: dict[str, dict[str, int]], log: logging.Logger, node_id: str
+) -> dict[str, Any]:
+    mixed = mixed_types(census)
+    if not mixed:
+        return {}
     # Numbers written as strings are the mix that silently flips comparisons, e.g. "9" > 30.
     drifting = sorted(key for key, kinds in mixed.items() if {"number", "string"} <= kinds.keys())
     if drifting:
@@ -498,41 +588,7 @@ def _input_figures(document: Any, log: logging.Logger, node_id: str) -> dict[str
             node_id,
             drifting,
         )
-    return figures
-
-
-_JSON_TYPES: dict[type, str] = {
-    type(None): "null",
-    bool: "boolean",
-    int: "number",
-    float: "number",
-    str: "string",
-    list: "array",
-    dict: "object",
-}
-
-
-def _mixed_type_fields(records: Sequence[Any]) -> dict[str, dict[str, int]]:
-    # Counted by Python type first, one dict lookup per value, and named after JSON types at
-    # the end: this scan sees every value of every record, so it must stay cheap.
-    seen: dict[Any, dict[type, int]] = {}
-    for record in records:
-        if type(record) is dict:
-            for key, item in record.items():
-                counts = seen.get(key)
-                if counts is None:
-                    counts = seen[key] = {}
-                kind = type(item)
-                counts[kind] = counts.get(kind, 0) + 1
-    mixed: dict[str, dict[str, int]] = {}
-    for key, by_type in seen.items():
-        named: dict[str, int] = {}
-        for kind, count in by_type.items():
-            name = _JSON_TYPES.get(kind, "object")
-            named[name] = named.get(name, 0) + count
-        if len(named) > 1:
-            mixed[str(key)] = named
-    return mixed
+    return {META_MIXED_TYPE_FIELDS: mixed}
 
 
 _Side = TypeVar("_Side")

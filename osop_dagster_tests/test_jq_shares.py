@@ -1,0 +1,146 @@
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from osop_dagster._json_text import JsonText
+from osop_dagster.constants import META_DURATION_MS
+from osop_dagster.errors import OsopShellError
+from osop_dagster.resources._jq_shares import maps_each_item, plan_shares
+from osop_dagster.resources.shell import CliRuntime, OsopShellResource
+
+LOG = logging.getLogger("osop_dagster_tests.jq_shares")
+SEED_FILTER = '[.[] | select(.status == "pending" and .age_days > 30)]'
+
+
+@pytest.mark.parametrize(
+    "filter_text",
+    [
+        SEED_FILTER,
+        "map(.id)",
+        '[ .[] | select(.note == "]") | {id, note: "[x"} ]',
+        "[.[] | .tags[] | ascii_upcase]",
+        "[.[] | first(.a, .b)]",
+    ],
+)
+def test_filters_that_see_one_item_at_a_time_are_split(filter_text: str) -> None:
+    assert maps_each_item(filter_text)
+
+
+@pytest.mark.parametrize(
+    "filter_text",
+    [
+        "[.[] | .a] | length",
+        "[.[] | .a] + [.[] | .b]",
+        "map(.a) + [1]",
+        ".[]",
+        "[.[] | input]",
+        "[.[] | debug]",
+        "[.[] | $__loc__]",
+        '[.[] | "id \\(.id)"]',
+        "[.[] | .a # a comment ]\n]",
+        '[.[] | "unclosed]',
+        "length",
+    ],
+)
+def test_other_filters_run_whole(filter_text: str) -> None:
+    assert not maps_each_item(filter_text)
+
+
+def test_shares_keep_every_run_in_order_in_a_multiple_of_the_processes() -> None:
+    runs = [bytes([65 + n % 26]) * (100 + 37 * n) for n in range(50)]
+
+    shares = plan_shares(runs, processes=2)
+
+    assert [run for share in shares for run in share] == runs
+    assert len(shares) % 2 == 0
+    sizes = [sum(len(run) for run in share) for share in shares]
+    assert max(sizes) <= 2 * min(sizes)
+
+
+def records(count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": n,
+            "status": ("pending", "done", "processed", "pending")[n % 4],
+            "age_days": n % 90 if n % 1000 else str(n % 90),
+            "note": f'record {n} with a note, a quote " and a newline \n',
+        }
+        for n in range(count)
+    ]
+
+
+def run_jq(filter_text: str, document: Any, processes: int, **resource: Any) -> Any:
+    shell = OsopShellResource(jq_processes=processes, **resource)
+    return shell.run(
+        node_id="filter",
+        runtime=CliRuntime(command=f"jq '{filter_text}'"),
+        inputs={"records_list": document},
+        timeout_sec=60,
+        log=LOG,
+    )
+
+
+@pytest.mark.parametrize("filter_text", [SEED_FILTER, "map(.id)", "[.[] | .id, .status]"])
+def test_shares_give_what_one_process_gives(filter_text: str) -> None:
+    """Value, counts and type census are those of the whole list in one process."""
+    text = JsonText.from_list(records(20_000), run_items=500)
+    assert text.size() > 1024 * 1024
+
+    split = run_jq(filter_text, text, processes=2)
+    whole = run_jq(filter_text, text, processes=1)
+
+    assert isinstance(split.value, JsonText)
+    assert split.value.value() == whole.value
+    drop = {META_DURATION_MS}
+    assert {k: v for k, v in split.metadata.items() if k not in drop} == {
+        k: v for k, v in whole.metadata.items() if k not in drop
+    }
+    assert split.metadata["osop/mixed_type_fields"] == {"age_days": {"number": 19980, "string": 20}}
+
+
+def test_the_first_failing_item_in_list_order_names_the_error() -> None:
+    items = records(20_000)
+    items[15_000]["id"] = "late"
+    items[12_000]["id"] = {"early": True}
+    text = JsonText.from_list(items, run_items=500)
+
+    with pytest.raises(OsopShellError) as split:
+        run_jq("map(.id + 1)", text, processes=2)
+    with pytest.raises(OsopShellError) as whole:
+        run_jq("map(.id + 1)", text, processes=1)
+
+    assert str(split.value) == str(whole.value)
+    assert "object" in str(split.value)
+
+
+def test_shares_are_bounded_by_the_output_limit() -> None:
+    text = JsonText.from_list(records(20_000), run_items=500)
+
+    with pytest.raises(OsopShellError, match="produced more than 100000 bytes"):
+        run_jq("map(.)", text, processes=2, max_output_bytes=100_000)
+
+
+def test_the_stored_result_is_plain_json_in_the_line_layout() -> None:
+    text = JsonText.from_list(records(20_000), run_items=500)
+
+    result = run_jq("map(.id)", text, processes=2)
+
+    assert isinstance(result.value, JsonText)
+    assert json.loads(result.value.data) == list(range(20_000))
+    assert result.value.data.startswith(b"[\n") and result.value.data.endswith(b"\n]")
+
+
+def test_shares_that_never_end_are_killed_at_the_time_limit() -> None:
+    text = JsonText.from_list(records(20_000), run_items=500)
+    shell = OsopShellResource(jq_processes=2)
+
+    with pytest.raises(OsopShellError, match="did not finish within 1 s"):
+        shell.run(
+            node_id="filter",
+            runtime=CliRuntime(command="jq '[.[] | until(false; .)]'"),
+            inputs={"records_list": text},
+            timeout_sec=1,
+            log=LOG,
+        )
