@@ -189,6 +189,7 @@ class ChildOutcome:
     user_s: float
     sys_s: float
     max_rss_mb: float
+    tree_rss_mb: float
     rusage_maxrss_mb: float
 
 
@@ -204,6 +205,29 @@ def _peak_rss_kb(pid: int) -> int:
     return 0
 
 
+def _tree_rss_kb(pid: int) -> int:
+    """``VmRSS`` of a process and of all its descendants, summed (forked workers included)."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        total += next(
+            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")),
+            0,
+        )
+        for task in tasks:
+            try:
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+            except OSError:
+                continue
+    return total
+
+
 def run_child(
     argv: Sequence[str], env: dict[str, str], timeout: float, log_path: Path, cwd: Path
 ) -> ChildOutcome:
@@ -211,6 +235,8 @@ def run_child(
 
     Peak memory is the child's ``VmHWM``, polled while it runs: ``ru_maxrss`` of a child also
     counts the parent's memory copied at fork, which would flatter no one and hide small ones.
+    The tree's peak adds the processes the child starts (jq workers), sampled every 20 ms: at
+    least the child's own peak, and a sum that shared pages may count more than once.
     """
     with log_path.open("wb") as log:
         started = time.perf_counter()
@@ -226,8 +252,10 @@ def run_child(
         deadline = started + timeout
         timed_out = False
         peak_kb = 0
+        tree_kb = 0
         while True:
             peak_kb = max(peak_kb, _peak_rss_kb(process.pid))
+            tree_kb = max(tree_kb, peak_kb, _tree_rss_kb(process.pid))
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid == process.pid:
                 break
@@ -246,6 +274,7 @@ def run_child(
         user_s=round(usage.ru_utime, 3),
         sys_s=round(usage.ru_stime, 3),
         max_rss_mb=round(peak_kb / 1024, 1),
+        tree_rss_mb=round(tree_kb / 1024, 1),
         # Linux reports ru_maxrss in KiB.
         rusage_maxrss_mb=round(usage.ru_maxrss / 1024, 1),
     )
@@ -420,6 +449,7 @@ def run_contender(
         "user_s": outcome.user_s,
         "sys_s": outcome.sys_s,
         "max_rss_mb": outcome.max_rss_mb,
+        "tree_rss_mb": outcome.tree_rss_mb,
         "rusage_maxrss_mb": outcome.rusage_maxrss_mb,
         "updated_observed": observed,
         "updated_reported": reported.get("updated"),
@@ -481,6 +511,7 @@ def summarise(runs: list[dict[str, Any]], names: Sequence[str]) -> dict[str, Any
                 wall_s=_median([run["wall_s"] for run in good]),
                 cpu_s=_median([run["cpu_s"] for run in good]),
                 max_rss_mb=max(run["max_rss_mb"] for run in good),
+                tree_rss_mb=max(run.get("tree_rss_mb", run["max_rss_mb"]) for run in good),
                 ratio_to_floor_wall=_median(ratios),
                 ratio_to_floor_wall_range=[
                     min((r for r in ratios if r is not None), default=None),
@@ -541,10 +572,15 @@ def targets(
         found.append(_target(f"{osop} fetch / {dlt} fetch > 1", speedup, 1.0, "higher"))
     if json_bytes:
         for osop in ("osop_default", "osop_best"):
-            rss = get(osop, "max_rss_mb")
+            rss = get(osop, "tree_rss_mb")
             times = round(rss * 1024 * 1024 / json_bytes, 2) if rss else None
             found.append(
-                _target(f"{osop} max RSS / records JSON <= 3 (set for 1M)", times, 3, "lower")
+                _target(
+                    f"{osop} peak RSS of the process tree / records JSON <= 3 (set for 1M)",
+                    times,
+                    3,
+                    "lower",
+                )
             )
     if imports is not None:
         found.append(
@@ -561,7 +597,8 @@ def targets(
 def table(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table."""
     lines = [
-        "| contender | ok | wall s | CPU s | peak RSS MiB | wall / floor (range) | CPU / floor "
+        "| contender | ok | wall s | CPU s | peak RSS MiB (tree) | wall / floor (range) "
+        "| CPU / floor "
         "| fetch rec/s (req/s) | batch rec/s (req/s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -579,7 +616,8 @@ def table(summary: dict[str, Any]) -> str:
 
         lines.append(
             f"| {name} | {entry['ok_runs']}/{entry['runs']} | {entry['wall_s']} | {entry['cpu_s']} "
-            f"| {entry['max_rss_mb']} | {entry['ratio_to_floor_wall']} ({low}-{high}) "
+            f"| {entry['max_rss_mb']} ({entry['tree_rss_mb']}) "
+            f"| {entry['ratio_to_floor_wall']} ({low}-{high}) "
             f"| {entry['ratio_to_floor_cpu']} | {phase_cell(entry.get('fetch'))} "
             f"| {phase_cell(entry.get('batch'))} |"
         )

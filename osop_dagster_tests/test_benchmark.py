@@ -24,6 +24,7 @@ RUN_FIELDS = {
     "user_s",
     "sys_s",
     "max_rss_mb",
+    "tree_rss_mb",
     "updated_observed",
     "updated_reported",
     "expected_updated",
@@ -75,6 +76,7 @@ def test_benchmark_report_has_the_documented_shape(report: dict[str, Any]) -> No
     for run in report["runs"]:
         assert RUN_FIELDS <= run.keys()
         assert run["wall_s"] > 0 and run["cpu_s"] > 0 and run["max_rss_mb"] > 0
+        assert run["tree_rss_mb"] >= run["max_rss_mb"]
         for phase in ("fetch", "batch"):
             assert {"seconds", "requests", "records", "requests_per_s"} <= run["phases"][
                 phase
