@@ -205,19 +205,23 @@ def _peak_rss_kb(pid: int) -> int:
     return 0
 
 
-def _tree_rss_kb(pid: int) -> int:
-    """``VmRSS`` of a process and of all its descendants, summed (forked workers included)."""
+def _tree_pss_kb(pid: int) -> int:
+    """Proportional set size of a process and all its descendants, summed.
+
+    PSS charges each page shared between processes (a forked jq worker and its parent) to
+    them in equal parts, so the sum is the memory the tree really holds.
+    """
     total = 0
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
-            status = Path(f"/proc/{current}/status").read_text()
+            rollup = Path(f"/proc/{current}/smaps_rollup").read_text()
             tasks = list(Path(f"/proc/{current}/task").iterdir())
         except OSError:
             continue
         total += next(
-            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")),
+            (int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")),
             0,
         )
         for task in tasks:
@@ -235,8 +239,8 @@ def run_child(
 
     Peak memory is the child's ``VmHWM``, polled while it runs: ``ru_maxrss`` of a child also
     counts the parent's memory copied at fork, which would flatter no one and hide small ones.
-    The tree's peak adds the processes the child starts (jq workers), sampled every 20 ms: at
-    least the child's own peak, and a sum that shared pages may count more than once.
+    The tree's peak is the largest proportional set size of the child and the processes it
+    starts (jq workers), sampled every 100 ms, and at least the child's own peak.
     """
     with log_path.open("wb") as log:
         started = time.perf_counter()
@@ -253,9 +257,13 @@ def run_child(
         timed_out = False
         peak_kb = 0
         tree_kb = 0
+        polls = 0
         while True:
             peak_kb = max(peak_kb, _peak_rss_kb(process.pid))
-            tree_kb = max(tree_kb, peak_kb, _tree_rss_kb(process.pid))
+            if polls % 5 == 0:
+                tree_kb = max(tree_kb, _tree_pss_kb(process.pid))
+            tree_kb = max(tree_kb, peak_kb)
+            polls += 1
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid == process.pid:
                 break
