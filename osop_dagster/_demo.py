@@ -1,7 +1,7 @@
 """The main job: the example workflow, end to end, on embedded defaults."""
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,11 +67,11 @@ def run_demo(
             reference_api(state_dir, secret_refs, records) as api,
             patched_environ({**environment, **api.environment}),
         ):
-            translator = OsopTranslator()
-            defs = build_osop_definitions([path], translator=translator)
-            job = defs.resolve_job_def(translator.get_job_name(workflow))
+            job_name = OsopTranslator().get_job_name(workflow)
             with get_instance() as instance:
-                result = execute_in_one_process(job, instance, run_config=_CONSOLE_AT_INFO)
+                result = execute_in_one_process(
+                    [path], job_name, instance, run_config=_CONSOLE_AT_INFO
+                )
                 figures = _figures(instance, result.run_id)
             failure = None
             if not result.success:
@@ -94,21 +94,35 @@ def run_demo(
     )
 
 
+def job_from_files(paths: Sequence[str], job_name: str) -> dg.JobDefinition:
+    """The job ``job_name`` of the workflows in ``paths``: how a run rebuilds its job."""
+    return build_osop_definitions([Path(path) for path in paths]).resolve_job_def(job_name)
+
+
 def execute_in_one_process(
-    job: Any, instance: dg.DagsterInstance, run_config: Mapping[str, Any] | None = None
-) -> dg.ExecuteInProcessResult:
-    """Runs ``job`` in this process on ``instance``, keeping one storage connection open.
+    paths: Sequence[Path],
+    job_name: str,
+    instance: dg.DagsterInstance,
+    run_config: Mapping[str, Any] | None = None,
+) -> dg.JobExecutionResult:
+    """Runs a workflow's job in this process on ``instance``, keeping one storage connection.
 
     Every log line of a run is an event in the instance's storage; with Postgres each would
     otherwise open a connection of its own, which dominated the run time of large workflows.
+    The job runs as a persistent instance runs it, rebuilt from its files: unlike
+    ``execute_in_process``, which keeps every step's output in memory until the run ends, a
+    step's records are freed once they are stored.
     """
     instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=2)
-    return job.execute_in_process(
-        instance=instance, raise_on_error=False, run_config=dict(run_config or {})
+    job = dg.build_reconstructable_job(
+        __name__,
+        job_from_files.__name__,
+        reconstructable_args=(tuple(str(path) for path in paths), job_name),
     )
+    return dg.execute_job(job, instance, run_config=dict(run_config or {}))
 
 
-def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
+def _failure_reason(result: dg.JobExecutionResult) -> str:
     """The sentence the failed step gave, rather than Dagster's generic step message."""
     for event in result.get_step_failure_events():
         data = event.step_failure_data

@@ -14,6 +14,8 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
+import orjson
+
 _OPEN: Final = b"[\n"
 _BETWEEN: Final = b",\n"
 _CLOSE: Final = b"\n]"
@@ -95,14 +97,44 @@ class JsonText:
         return f"JsonText({self.size()} bytes)"
 
 
+class NonFiniteNumber(float):
+    """NaN or an infinity read from a JSON text, which JSON itself cannot hold.
+
+    Readers of outside JSON pass :func:`non_finite` as ``parse_constant``, so that such a number
+    stays marked: :func:`encode` then refuses it instead of writing ``null`` for it.
+    """
+
+
+def non_finite(name: str) -> NonFiniteNumber:
+    """``parse_constant`` hook of :func:`json.loads` for ``NaN``, ``Infinity``, ``-Infinity``."""
+    return NonFiniteNumber(name)
+
+
+# Whatever orjson would write differently from json goes to json instead: datetimes and
+# dataclasses (json refuses them), subclasses (NonFiniteNumber among them).
+_ORJSON_OPTIONS: Final = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
 def encode(value: Any) -> bytes:
     """Compact UTF-8 JSON, as the IO manager stores it.
+
+    orjson writes it; what orjson cannot write (integers beyond 64 bits, keys that are not
+    strings, marked non-finite numbers) goes through :mod:`json` with the same layout.
 
     Raises:
         TypeError: ``value`` holds something that is not JSON.
         ValueError: ``value`` holds NaN or an infinity.
     """
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    try:
+        return orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
 
 
 def resolve(value: Any) -> Any:

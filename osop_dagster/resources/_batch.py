@@ -1,7 +1,6 @@
 """Batch writes: a list input sent in chunks, each with a key that makes a resend harmless."""
 
 import hashlib
-import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,17 +72,15 @@ def send_in_order(
             yield index, piece, future.result() if error is None else error
 
 
-def idempotency_key(prefix: str, node_id: str, index: int, body: Any) -> str:
+def idempotency_key(prefix: str, node_id: str, index: int, content: bytes) -> str:
     """A key that names one chunk of one node's write in one run, whatever the attempt.
 
-    The same prefix, node, chunk index and chunk content always give the same key, so a server
-    that deduplicates on ``Idempotency-Key`` applies a resent chunk once. Hashing keeps the key
-    short and ASCII whatever the prefix holds.
+    The same prefix, node, chunk index and encoded chunk always give the same key, so a server
+    that deduplicates on ``Idempotency-Key`` applies a resent chunk once; chunks are encoded
+    from stored records, in their stored order, so a re-execution encodes them alike. Hashing
+    keeps the key short and ASCII whatever the prefix holds.
     """
-    content = hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
-    ).hexdigest()
-    material = "\x1f".join((prefix, node_id, str(index), content))
+    material = "\x1f".join((prefix, node_id, str(index), hashlib.sha256(content).hexdigest()))
     return "osop-" + hashlib.sha256(material.encode()).hexdigest()[:40]
 
 

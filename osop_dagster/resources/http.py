@@ -23,6 +23,7 @@ import dagster
 import httpx
 from pydantic import PrivateAttr
 
+from osop_dagster._json_text import encode
 from osop_dagster.constants import (
     HTTP_LOGGER_NAME,
     META_ATTEMPTS,
@@ -497,13 +498,23 @@ def _batch_write(
 
     def send_chunk(index: int, chunk: list[Any]) -> tuple[httpx.Response, Any]:
         body = {settings.body_key: [shape_item(item, settings, assigned) for item in chunk]}
-        key = idempotency_key(idempotency_prefix, session.node_id, index, body)
+        try:
+            content = encode(body)
+        except (TypeError, ValueError) as error:
+            raise OsopExecutionError(
+                f"Node {session.node_id!r}: chunk {index + 1} cannot be sent as JSON: {error}."
+            ) from error
+        key = idempotency_key(idempotency_prefix, session.node_id, index, content)
         request = session.client.build_request(
             runtime.method,
             prepared.url,
             params=prepared.query,
-            headers={**prepared.headers, IDEMPOTENCY_HEADER: key},
-            json=body,
+            headers={
+                **prepared.headers,
+                "Content-Type": "application/json",
+                IDEMPOTENCY_HEADER: key,
+            },
+            content=content,
         )
         return session.send(request, auth=prepared.auth, expect=runtime.expect_status)
 

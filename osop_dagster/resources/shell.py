@@ -26,7 +26,7 @@ import dagster
 import jq
 from pydantic import Field, field_validator
 
-from osop_dagster._json_text import JsonText, resolve
+from osop_dagster._json_text import JsonText, non_finite, resolve
 from osop_dagster.constants import (
     META_COMMAND,
     META_DURATION_MS,
@@ -549,7 +549,7 @@ def _parse_output(node_id: str, runtime: CliRuntime, stdout: bytes) -> Any:
 
 
 def _json_stream(text: str) -> Iterator[Any]:
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_constant=non_finite)
     position = 0
     while True:
         while position < len(text) and text[position].isspace():
