@@ -11,7 +11,10 @@ parsing it: a page of records fetched, or a share of the work for one jq process
 """
 
 import json
+import os
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
@@ -22,16 +25,23 @@ _CLOSE: Final = b"\n]"
 
 RUN_ITEMS: Final = 1000
 """Items per run when a Python list is written in the line layout."""
+_SCAN_BYTES: Final = 4 * 1024 * 1024
 
 
 class JsonText:
-    """One JSON value as compact UTF-8 text; a list may be held as runs of whole items."""
+    """One JSON value as compact UTF-8 text; a list may be held as runs of whole items.
 
-    __slots__ = ("_data", "_runs")
+    The text lives in memory, as one piece or as runs, or in a stored file, read only where
+    asked: a reader of one share of a list reads only that share.
+    """
+
+    __slots__ = ("__weakref__", "_data", "_fd", "_runs", "_spans")
 
     def __init__(self, data: bytes) -> None:
         self._data: bytes | None = data
         self._runs: list[bytes] | None = None
+        self._fd: int | None = None
+        self._spans: list[tuple[int, int]] | None = None
 
     @classmethod
     def from_runs(cls, runs: Iterable[bytes]) -> "JsonText":
@@ -54,47 +64,117 @@ class JsonText:
             for start in range(0, len(items), run_items)
         )
 
+    @classmethod
+    def from_file(cls, path: Path) -> "JsonText":
+        """The text of a stored file; a list in the line layout stays in the file.
+
+        The file is opened once: a later write of the same asset replaces the file, not what
+        this text reads.
+        """
+        fd = os.open(path, os.O_RDONLY)
+        if os.pread(fd, len(_OPEN), 0) != _OPEN:
+            with os.fdopen(fd, "rb") as handle:
+                return cls(handle.read())
+        try:
+            spans = _run_spans(fd, len(_OPEN))
+        except BaseException:
+            os.close(fd)
+            raise
+        text = cls(b"")
+        text._data = None
+        text._fd = fd
+        text._spans = spans
+        weakref.finalize(text, os.close, fd)
+        return text
+
     def runs(self) -> list[bytes] | None:
         """The runs of items, if this is a list in the line layout; else ``None``."""
         if self._runs is not None:
             return self._runs
+        if self._spans is not None:
+            return [self._read(start, end) for start, end in self._spans]
         data = self._data or b""
         if data.startswith(_OPEN) and data.endswith(_CLOSE):
             return data[len(_OPEN) : -len(_CLOSE)].split(_BETWEEN)
         return None
 
+    def run_lengths(self) -> list[int] | None:
+        """The size of each run in bytes, without reading a stored file's runs."""
+        if self._spans is not None:
+            return [end - start for start, end in self._spans]
+        runs = self.runs()
+        return None if runs is None else [len(run) for run in runs]
+
+    def share(self, first: int, last: int) -> bytes:
+        """The list of the items of runs ``first`` to ``last`` (excluded), as JSON text."""
+        if self._spans is not None:
+            # The separators between runs are a comma and a newline, which JSON allows.
+            return b"[" + self._read(self._spans[first][0], self._spans[last - 1][1]) + b"]"
+        runs = self.runs() or []
+        return b"[" + b",".join(runs[first:last]) + b"]"
+
     def pieces(self) -> Iterator[bytes]:
         """The text, in pieces whose concatenation is the whole, without joining them."""
-        if self._runs is None:
+        if self._spans is not None:
+            runs: Iterable[bytes] = (self._read(start, end) for start, end in self._spans)
+        elif self._runs is not None:
+            runs = self._runs
+        else:
             yield self._data or b""
             return
-        if not self._runs:
-            yield b"[]"
-            return
-        yield _OPEN
-        for index, run in enumerate(self._runs):
-            if index:
-                yield _BETWEEN
+        first = True
+        for run in runs:
+            yield _OPEN if first else _BETWEEN
             yield run
-        yield _CLOSE
+            first = False
+        yield b"[]" if first else _CLOSE
 
     @property
     def data(self) -> bytes:
         """The whole text."""
-        return (
-            self._data if self._runs is None and self._data is not None else b"".join(self.pieces())
-        )
+        if self._data is not None:
+            return self._data
+        return b"".join(self.pieces())
 
     def size(self) -> int:
         """Length of the text in bytes."""
+        if self._spans is not None:
+            separators = len(_OPEN) + len(_CLOSE) + len(_BETWEEN) * (len(self._spans) - 1)
+            return sum(end - start for start, end in self._spans) + separators
         return sum(len(piece) for piece in self.pieces())
 
     def value(self) -> Any:
         """The value, decoded."""
         return json.loads(self.data)
 
+    def _read(self, start: int, end: int) -> bytes:
+        assert self._fd is not None  # only file-backed texts have spans
+        return os.pread(self._fd, end - start, start)
+
     def __repr__(self) -> str:
         return f"JsonText({self.size()} bytes)"
+
+
+def _run_spans(fd: int, offset: int) -> list[tuple[int, int]]:
+    """Where each run of a file in the line layout lies, found from ``offset`` on.
+
+    Reads the file in blocks and keeps only the places of its newlines: a run ends before the
+    newline, and before the comma that precedes it unless it is the last run.
+    """
+    spans: list[tuple[int, int]] = []
+    start = offset
+    before = b""
+    while block := os.pread(fd, _SCAN_BYTES, offset):
+        found = block.find(b"\n")
+        while found != -1:
+            previous = block[found - 1 : found] if found else before
+            end = offset + found - (1 if previous == b"," else 0)
+            spans.append((start, end))
+            start = offset + found + 1
+            found = block.find(b"\n", found + 1)
+        before = block[-1:]
+        offset += len(block)
+    return spans
 
 
 class NonFiniteNumber(float):

@@ -74,15 +74,6 @@ class OsopJsonIOManager(dg.ConfigurableIOManager):
                 "materialize it first."
             )
         if context.definition_metadata.get(META_LOAD_AS_TEXT):
-            return _read_text(path)
+            return JsonText.from_file(path)
         with path.open("rb") as handle:
             return json.load(handle)
-
-
-def _read_text(path: Path) -> JsonText:
-    # A list in the line layout is read a line at a time, so its runs never sit in memory twice.
-    with path.open("rb") as handle:
-        first = handle.readline()
-        if first != b"[\n":
-            return JsonText(first + handle.read())
-        return JsonText.from_runs(line.rstrip(b",\n") for line in handle if line != b"]")

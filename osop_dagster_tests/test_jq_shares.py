@@ -1,5 +1,7 @@
 import json
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,14 +51,32 @@ def test_other_filters_run_whole(filter_text: str) -> None:
 
 
 def test_shares_keep_every_run_in_order_in_a_multiple_of_the_processes() -> None:
-    runs = [bytes([65 + n % 26]) * (100 + 37 * n) for n in range(50)]
+    lengths = [100 + 37 * n for n in range(50)]
 
-    shares = plan_shares(runs, processes=2)
+    shares = plan_shares(lengths, processes=2)
 
-    assert [run for share in shares for run in share] == runs
+    assert [index for share in shares for index in share] == list(range(50))
     assert len(shares) % 2 == 0
-    sizes = [sum(len(run) for run in share) for share in shares]
+    sizes = [sum(lengths[index] for index in share) for share in shares]
     assert max(sizes) <= 2 * min(sizes)
+
+
+def test_a_stored_list_is_read_a_share_at_a_time(tmp_path: Path) -> None:
+    """A file-backed text reads only the runs asked for; the file may be replaced meanwhile."""
+    items = records(2_500)
+    path = tmp_path / "records.json"
+    path.write_bytes(JsonText.from_list(items, run_items=1000).data)
+
+    stored = JsonText.from_file(path)
+    # The IO manager replaces a file as a whole when the asset is written again.
+    (tmp_path / "next.json").write_bytes(b"[]")
+    os.replace(tmp_path / "next.json", path)
+
+    assert stored.run_lengths() is not None and len(stored.run_lengths() or []) == 3
+    assert json.loads(stored.share(1, 3)) == items[1000:]
+    assert json.loads(stored.share(0, 1)) == items[:1000]
+    assert stored.value() == items
+    assert stored.size() == len(stored.data)
 
 
 def records(count: int) -> list[dict[str, Any]]:
@@ -83,9 +103,11 @@ def run_jq(filter_text: str, document: Any, processes: int, **resource: Any) -> 
 
 
 @pytest.mark.parametrize("filter_text", [SEED_FILTER, "map(.id)", "[.[] | .id, .status]"])
-def test_shares_give_what_one_process_gives(filter_text: str) -> None:
+def test_shares_give_what_one_process_gives(filter_text: str, tmp_path: Path) -> None:
     """Value, counts and type census are those of the whole list in one process."""
-    text = JsonText.from_list(records(20_000), run_items=500)
+    path = tmp_path / "records.json"
+    path.write_bytes(JsonText.from_list(records(20_000), run_items=500).data)
+    text = JsonText.from_file(path)
     assert text.size() > 1024 * 1024
 
     split = run_jq(filter_text, text, processes=2)

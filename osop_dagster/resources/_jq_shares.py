@@ -4,9 +4,9 @@
 their results joined in share order are the result over the whole list, and the first failing
 item fails it with the same message. Lists stored in the line layout of
 :mod:`osop_dagster._json_text` are cut between runs of items without parsing them, and each
-share goes to a forked child that parses only its share, in jq and, for the type census of the
-records, in Python. On a machine with several cores the filter then takes a fraction of the time,
-and no process holds the whole list as objects.
+share goes to a forked child that reads and parses only its share, in jq and, for the type
+census of the records, in Python. On a machine with several cores the filter then takes a
+fraction of the time, and no process holds the whole list, as text or as objects.
 """
 
 import json
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from osop_dagster._json_text import encode
+from osop_dagster._json_text import JsonText, encode
 
 # ``[.[] | f]`` and ``map(f)``, to be confirmed by a scan of the brackets.
 _COLLECT: Final = re.compile(r"\A\s*(\[)\s*\.\s*\[\s*\]\s*\|.*(\])\s*\Z", re.DOTALL)
@@ -99,20 +99,25 @@ def _closes_at(code: str, opening: int) -> int | None:
     return None
 
 
-def plan_shares(runs: Sequence[bytes], processes: int) -> list[list[bytes]]:
-    """Consecutive groups of runs of about equal size, a multiple of ``processes`` of them."""
-    total = sum(len(run) for run in runs)
+def plan_shares(run_lengths: Sequence[int], processes: int) -> list[range]:
+    """Consecutive ranges of runs of about equal size, a multiple of ``processes`` of them."""
+    total = sum(run_lengths)
     rounds = max(1, -(-total // (SHARE_BYTES * processes)))
-    count = min(len(runs), processes * rounds)
-    shares: list[list[bytes]] = [[] for _ in range(count)]
-    aim = total / count
+    count = max(1, min(len(run_lengths), processes * rounds))
+    aim = total / count or 1
+    owners: list[int] = []
     done = 0
-    for run in runs:
+    for length in run_lengths:
         # A run goes to the share its middle byte falls in, so shares stay in list order.
-        index = min(count - 1, int((done + len(run) / 2) // aim))
-        shares[index].append(run)
-        done += len(run)
-    return [share for share in shares if share]
+        owners.append(min(count - 1, int((done + length / 2) // aim)))
+        done += length
+    shares: list[range] = []
+    first = 0
+    for index in range(1, len(owners) + 1):
+        if index == len(owners) or owners[index] != owners[first]:
+            shares.append(range(first, index))
+            first = index
+    return shares
 
 
 @dataclass
@@ -142,12 +147,13 @@ class JqShareLimitError(Exception):
 
 def run_shares(
     program: Any,
-    shares: Sequence[Sequence[bytes]],
+    text: JsonText,
+    shares: Sequence[range],
     processes: int,
     limit_sec: float,
     max_bytes: int,
 ) -> SplitOutcome:
-    """Runs ``program`` over each share in forked children, ``processes`` at a time.
+    """Runs ``program`` over each share of ``text``'s runs in forked children, a few at a time.
 
     Raises:
         JqShareError: jq failed; the error of the first share in list order that failed.
@@ -168,7 +174,7 @@ def run_shares(
                     index = next(waiting, None)
                     if index is None:
                         break
-                    read_end, pid = _fork_share(program, shares[index])
+                    read_end, pid = _fork_share(program, text, shares[index])
                     running[read_end] = (index, pid, [])
                     selector.register(read_end, selectors.EVENT_READ)
                 if not running:
@@ -202,7 +208,7 @@ def run_shares(
     return _join(answers)
 
 
-def _fork_share(program: Any, share: Sequence[bytes]) -> tuple[int, int]:
+def _fork_share(program: Any, text: JsonText, share: range) -> tuple[int, int]:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -210,7 +216,7 @@ def _fork_share(program: Any, share: Sequence[bytes]) -> tuple[int, int]:
         status = 0
         try:
             os.close(read_end)
-            answer = _filter_share(program, share)
+            answer = _filter_share(program, text.share(share.start, share.stop))
             with os.fdopen(write_end, "wb") as pipe:
                 pipe.write(answer)
         except BaseException:
@@ -221,9 +227,8 @@ def _fork_share(program: Any, share: Sequence[bytes]) -> tuple[int, int]:
     return read_end, pid
 
 
-def _filter_share(program: Any, share: Sequence[bytes]) -> bytes:
+def _filter_share(program: Any, text: bytes) -> bytes:
     """A header line of JSON, then the result's items encoded, without the brackets."""
-    text = b"[" + b",".join(share) + b"]"
     records = json.loads(text)
     census = type_census(records)
     records_in = len(records)

@@ -325,17 +325,18 @@ class OsopShellResource(dagster.ConfigurableResource):
                 metadata={META_COMMAND: runtime.command},
             ) from exc
 
-        runs = document.runs() if isinstance(document, JsonText) else None
+        lengths = document.run_lengths() if isinstance(document, JsonText) else None
         if (
-            runs is not None
+            isinstance(document, JsonText)
+            and lengths is not None
             and self._jq_processes() > 1
-            and sum(len(run) for run in runs) >= MIN_SPLIT_BYTES
+            and sum(lengths) >= MIN_SPLIT_BYTES
             and runtime.output_format == "json"
             and not (invocation.slurp or invocation.null_input)
             and maps_each_item(invocation.filter)
         ):
             return self._run_jq_in_shares(
-                node_id, runtime, invocation, program, runs, limit_sec, log
+                node_id, runtime, invocation, program, document, lengths, limit_sec, log
             )
 
         subject: Any = None
@@ -397,15 +398,18 @@ class OsopShellResource(dagster.ConfigurableResource):
         runtime: CliRuntime,
         invocation: JqInvocation,
         program: Any,
-        runs: list[bytes],
+        document: JsonText,
+        lengths: list[int],
         limit_sec: float,
         log: logging.Logger,
     ) -> ShellResult:
         started = time.monotonic()
         processes = self._jq_processes()
-        shares = plan_shares(runs, processes)
+        shares = plan_shares(lengths, processes)
         try:
-            outcome = run_shares(program, shares, processes, limit_sec, self.max_output_bytes)
+            outcome = run_shares(
+                program, document, shares, processes, limit_sec, self.max_output_bytes
+            )
         except JqShareError as exc:
             raise OsopShellError(
                 f"Node {node_id!r}: the jq filter {invocation.filter!r} failed on its input: "
