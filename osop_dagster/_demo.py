@@ -73,15 +73,7 @@ def run_demo(
                     [path], job_name, instance, run_config=_CONSOLE_AT_INFO
                 )
                 figures = _figures(instance, result.run_id)
-            failure = None
-            if not result.success:
-                event = result.get_run_failure_event()
-                step_failures = result.get_step_failure_events()
-                failure = (
-                    step_failures[0].message
-                    if step_failures
-                    else (event.message if event else None)
-                ) or "the run failed"
+            failure = None if result.success else _failure_reason(result)
 
     return DemoSummary(
         run_id=result.run_id,

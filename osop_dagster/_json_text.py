@@ -190,6 +190,17 @@ def non_finite(name: str) -> NonFiniteNumber:
     return NonFiniteNumber(name)
 
 
+def finite_or_marked(text: str) -> float:
+    """``parse_float`` hook of :func:`json.loads`: a number too large for a float is marked."""
+    value = float(text)
+    # inf - inf is NaN, which differs from 0; every finite float gives exactly 0.
+    return value if value - value == 0 else NonFiniteNumber(text)
+
+
+OUTSIDE_JSON: Final = {"parse_constant": non_finite, "parse_float": finite_or_marked}
+"""Keyword arguments of :func:`json.loads` for JSON from outside: non-finite numbers marked."""
+
+
 # Whatever orjson would write differently from json goes to json instead: datetimes and
 # dataclasses (json refuses them), subclasses (NonFiniteNumber among them).
 _ORJSON_OPTIONS: Final = (
@@ -203,7 +214,9 @@ def encode(value: Any) -> bytes:
     """Compact UTF-8 JSON, as the IO manager stores it.
 
     orjson writes it; what orjson cannot write (integers beyond 64 bits, keys that are not
-    strings, marked non-finite numbers) goes through :mod:`json` with the same layout.
+    strings, marked non-finite numbers) goes through :mod:`json` with the same layout. Values
+    decoded with :data:`OUTSIDE_JSON` hold no unmarked NaN or infinity; a plain float NaN made
+    in Python would be written as ``null``.
 
     Raises:
         TypeError: ``value`` holds something that is not JSON.

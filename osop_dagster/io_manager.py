@@ -35,7 +35,12 @@ class OsopJsonIOManager(dg.ConfigurableIOManager):
         if self.base_dir:
             base = Path(self.base_dir)
         else:
-            base = Path(context.step_context.instance.storage_directory()) / "osop"
+            try:
+                instance = context.step_context.instance
+            except dg.DagsterInvariantViolationError:
+                # Outside a run (Definitions.load_asset_value) there is no step, but an instance.
+                instance = context.instance
+            base = Path(instance.storage_directory()) / "osop"
         *folders, name = context.asset_key.path
         return base.joinpath(*folders, f"{name}.json")
 

@@ -96,3 +96,25 @@ def _interrupt_once_fetching(process: subprocess.Popen[str]) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_failing_demo_run_says_which_step_failed_and_why(project: Path) -> None:
+    workflow = project / "workflows" / "rest-api-workflow.osop.yaml"
+    text = workflow.read_text(encoding="utf-8")
+    broken = text.replace(".age_days > 30)]", '.age_days + \\"days\\" > 30)]')
+    assert broken != text
+    workflow.write_text(broken, encoding="utf-8")
+
+    completed = subprocess.run(
+        _command(project, 400),
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    failure = next(line for line in completed.stdout.splitlines() if line.startswith("Run failed"))
+    assert "filter_records" in failure
+    assert "cannot be added" in failure

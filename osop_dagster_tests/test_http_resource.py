@@ -440,11 +440,63 @@ def test_a_failed_concurrent_chunk_lists_every_chunk_accepted_around_it(
     message = str(raised.value)
     assert "Record 2 is locked." in message
     # Three in flight: chunk 4 left when chunk 1 came back, before chunk 2 had failed.
-    assert "Chunks 1, 3, 4 of 6 were accepted before chunk 2 failed" in message
+    assert "Chunk 2 of 6 failed; chunks 1, 3, 4 were accepted" in message
     assert raised.value.metadata["osop/items_sent"] == 3
     # Nothing was sent once chunk 2 had failed.
     sent = sorted(json.loads(r.content)["records"][0]["id"] for r in api.requests_to(BATCH))
     assert sent == [1, 2, 3, 4]
+
+
+def test_a_batch_keeps_the_nodes_own_content_type(
+    resource: OsopHttpResource, api: FakeApi, lease: dict[str, Any]
+) -> None:
+    call(
+        resource,
+        {
+            "endpoint": BATCH,
+            "method": "PATCH",
+            "headers": {"content-type": "application/merge-patch+json"},
+            "batch": {"size": 2},
+        },
+        {"records": [{"id": 1}, {"id": 2}, {"id": 3}]},
+        token=lease,
+    )
+
+    sent = api.requests_to(BATCH)
+    assert len(sent) == 2
+    assert all(
+        request.headers.get_list("Content-Type") == ["application/merge-patch+json"]
+        for request in sent
+    )
+
+
+def test_no_chunk_is_sent_once_one_in_flight_has_failed(
+    resource: OsopHttpResource, api: FakeApi, lease: dict[str, Any]
+) -> None:
+    """Chunk 3 fails while chunks 1 and 2 are still on their way: 5 and 6 never leave."""
+    records = [{"id": n} for n in range(1, 7)]
+    api.records = records
+
+    def third_fails_first(request: httpx.Request) -> httpx.Response:
+        first_id = json.loads(request.content)["records"][0]["id"]
+        if first_id == 3:
+            return httpx.Response(422, json={"message": "Record 3 is locked."})
+        time.sleep(0.2 if first_id < 3 else 0)
+        return api._batch(request)
+
+    api.overrides[BATCH] = third_fails_first
+
+    with pytest.raises(OsopHttpError) as raised:
+        call(
+            resource,
+            {"endpoint": BATCH, "method": "PATCH", "batch": {"size": 1, "concurrency": 4}},
+            {"records": records},
+            token=lease,
+        )
+
+    sent = sorted(json.loads(r.content)["records"][0]["id"] for r in api.requests_to(BATCH))
+    assert sent == [1, 2, 3, 4]
+    assert "Chunk 3 of 6 failed; chunks 1, 2, 4 were accepted" in str(raised.value)
 
 
 # Retries.

@@ -119,3 +119,14 @@ def test_values_that_are_not_long_lists_read_back_as_text_unchanged(
     result = dg.materialize([stored, echoed], resources={"io_manager": manager})
 
     assert result.asset_value("echoed") == value
+
+
+def test_a_stored_value_loads_outside_a_run_from_the_instance_storage(tmp_path: Path) -> None:
+    """Definitions.load_asset_value works with the default location too."""
+    defs = dg.Definitions(assets=[records], resources={"io_manager": OsopJsonIOManager()})
+    with dg.DagsterInstance.local_temp(str(tmp_path)) as instance:
+        assert dg.materialize([records], instance=instance, resources=defs.resources).success
+
+        loaded = defs.load_asset_value(["flow", "records"], instance=instance)
+
+    assert loaded == records()

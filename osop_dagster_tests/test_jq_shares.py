@@ -166,3 +166,35 @@ def test_shares_that_never_end_are_killed_at_the_time_limit() -> None:
             timeout_sec=1,
             log=LOG,
         )
+
+
+def test_a_failed_share_stops_the_shares_after_it() -> None:
+    """The first item fails: a later share that would never end is stopped, not waited for."""
+    text = JsonText.from_list(records(40_000), run_items=500)
+    filter_text = (
+        'map(if .id == 0 then error("first item is bad") '
+        "elif .id > 30000 then until(false; .) else . end)"
+    )
+    shell = OsopShellResource(jq_processes=2)
+
+    with pytest.raises(OsopShellError, match="first item is bad"):
+        shell.run(
+            node_id="filter",
+            runtime=CliRuntime(command=f"jq '{filter_text}'"),
+            inputs={"records_list": text},
+            timeout_sec=60,
+            log=LOG,
+        )
+
+
+def test_the_output_cap_counts_the_same_bytes_in_one_process_and_in_shares() -> None:
+    """Text outside ASCII counts as UTF-8 either way, not as escapes in one of them."""
+    items = [{"t": "漢字かな交じり文の記録" * 3, "n": n} for n in range(12_000)]
+    text = JsonText.from_list(items, run_items=500)
+    utf8_size = len(json.dumps([item["t"] for item in items], ensure_ascii=False).encode())
+    cap = utf8_size + 10_000
+
+    split = run_jq("map(.t)", text, processes=2, max_output_bytes=cap)
+    whole = run_jq("map(.t)", text, processes=1, max_output_bytes=cap)
+
+    assert split.value.value() == whole.value

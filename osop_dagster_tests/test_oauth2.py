@@ -1,5 +1,6 @@
 import base64
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -155,6 +156,54 @@ def test_expired_token_is_renewed_once_per_call(
     assert {request.headers["Authorization"] for request in pages} == {
         f"Bearer {api.tokens_issued[1]}"
     }
+
+
+def test_a_token_gone_while_pages_are_in_flight_is_renewed_once(
+    resource: OsopHttpResource, api: FakeApi
+) -> None:
+    """Pages fetched ahead find the token gone together; one of them renews it."""
+    api.records = [{"id": n} for n in range(1, 41)]
+    lease = authenticate(resource).value
+
+    def records_then_forget(request: httpx.Request) -> httpx.Response:
+        answer = api._records(request)
+        if request.url.params.get("page") == "1":
+            # The process loses its copy of the token once the first page is in.
+            _oauth2.forget_token(lease["token_url"], lease["secret_ref"])
+        time.sleep(0.01)
+        return answer
+
+    def slow_token(request: httpx.Request) -> httpx.Response:
+        time.sleep(0.05)  # long enough for every page in flight to miss the token
+        return api._token(request)
+
+    api.overrides["/api/v2/records"] = records_then_forget
+    api.overrides["/oauth/token"] = slow_token
+    result = resource.call(
+        node_id="get_records",
+        runtime=ApiRuntime.model_validate(
+            {
+                "url": BASE_URL,
+                "endpoint": "/api/v2/records",
+                "pagination": {
+                    "style": "page_number",
+                    "page_size": 2,
+                    "total_path": "pagination.total",
+                    "concurrency": 4,
+                },
+            }
+        ),
+        inputs={},
+        token=lease,
+        timeout_sec=10,
+        retry=RetrySettings(),
+        idempotency_prefix="run-1",
+        log=LOG,
+    )
+
+    assert result.value == api.records
+    assert len(api.tokens_issued) == 2
+    assert len(api.requests_to("/oauth/token")) == 2
 
 
 def test_invalid_client_is_final_and_names_only_the_reference(

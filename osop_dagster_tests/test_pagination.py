@@ -357,3 +357,36 @@ def test_a_failing_page_fetched_ahead_fails_the_walk_with_its_own_error(api: Fak
         )
     # Nothing after the failure was planned beyond the window in flight.
     assert len(api.requests) <= 4 + 3
+
+
+def test_pages_with_the_same_ends_but_other_items_are_not_a_loop(api: FakeApi) -> None:
+    api.overrides[RECORDS] = answer_with([["ok", "warn", "ok"], ["ok", "fail", "ok"]])
+
+    result = fetch(api, {"style": "page_number"})
+
+    assert result.value == ["ok", "warn", "ok", "ok", "fail", "ok"]
+
+
+def test_a_page_holding_a_number_json_cannot_store_fails_the_walk(api: FakeApi) -> None:
+    def overflowing(request: httpx.Request) -> httpx.Response:
+        body = b'{"data": [{"id": 1, "score": 1e999}]}' if "page=1" in str(request.url) else b"{}"
+        return httpx.Response(200, content=body, headers={"Content-Type": "application/json"})
+
+    api.overrides[RECORDS] = overflowing
+    resource = OsopHttpResource()
+    resource._transport = api.transport()
+
+    with pytest.raises(OsopExecutionError, match="cannot be stored as JSON"):
+        resource.call(
+            node_id="get_records",
+            runtime=ApiRuntime.model_validate(
+                {"url": BASE_URL, "endpoint": RECORDS, "pagination": {"style": "page_number"}}
+            ),
+            inputs={},
+            token=None,
+            timeout_sec=None,
+            retry=RetrySettings(),
+            idempotency_prefix="run-1",
+            log=LOG,
+            as_text=True,
+        )

@@ -58,6 +58,10 @@ def send_in_order(
     failed = False
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="osop-chunk") as pool:
         while True:
+            # A failure anywhere in the window stops sending, not only one at its head.
+            failed = failed or any(
+                future.done() and future.exception() is not None for _, _, future in in_flight
+            )
             while not failed and len(in_flight) < concurrency:
                 following = next(numbered, None)
                 if following is None:

@@ -197,15 +197,25 @@ def run_shares(
                     os.waitpid(pid, 0)
                     del running[read_end]
                     answers[index] = b"".join(chunks)
-                    # No share after a failed one is started; those before it still finish.
-                    failed = failed or not answers[index].startswith(b'{"ok"')
+                    if not answers[index].startswith(b'{"ok"'):
+                        # Shares before a failed one still finish, since the first failing
+                        # item names the error; those after it are not needed.
+                        failed = True
+                        for later in [fd for fd, (at, _, _) in running.items() if at > index]:
+                            _, later_pid, _ = running.pop(later)
+                            selector.unregister(later)
+                            _stop(later, later_pid)
         finally:
             for read_end, (_, pid, _) in running.items():
-                os.kill(pid, signal.SIGKILL)
-                os.close(read_end)
-                os.waitpid(pid, 0)
+                _stop(read_end, pid)
 
     return _join(answers)
+
+
+def _stop(read_end: int, pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    os.close(read_end)
+    os.waitpid(pid, 0)
 
 
 def _fork_share(program: Any, text: JsonText, share: range) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from osop_dagster._json_text import non_finite
+from osop_dagster._json_text import OUTSIDE_JSON
 from osop_dagster.constants import ENV_ALLOW_INSECURE_HTTP, META_STATUS
 from osop_dagster.errors import OsopAuthError, OsopConfigError, OsopHttpError
 from osop_dagster.resources._redaction import mask_url, preview, register_secret, safe_headers
@@ -147,7 +147,7 @@ def decode_body(response: httpx.Response, content: bytes) -> Any:
     looks_json = "json" in content_type or content.lstrip()[:1] in (b"{", b"[")
     if looks_json:
         try:
-            return json.loads(content, parse_constant=non_finite)
+            return json.loads(content, **OUTSIDE_JSON)
         except ValueError:
             pass
     return content.decode(response.encoding or "utf-8", errors="replace")
@@ -181,6 +181,8 @@ class _CachedToken:
 
 _cache: dict[tuple[str, str], _CachedToken] = {}
 _cache_lock = threading.Lock()
+# Held by the one request that renews a token; re-entrant, in case a flow nests.
+_RENEWAL = threading.RLock()
 
 
 def cached_token(token_url: str, secret_ref: str) -> _CachedToken | None:
@@ -392,43 +394,55 @@ class BearerAuth(httpx.Auth):
         # Checked before any token is fetched: a refused API should not cost a token request.
         require_secure_transport(request.url, "an access token")
         cached = cached_token(token_url, secret_ref)
+        if cached is None:
+            # Pages or chunks in flight together find the token gone at once: one renews it
+            # while the others wait, then take the renewed one from the cache.
+            with _RENEWAL:
+                cached = cached_token(token_url, secret_ref)
+                if cached is None:
+                    token = yield from self._renew(request, token_url, secret_ref)
         if cached is not None:
             token = cached.value
-        else:
-            credentials = load_client_credentials(secret_ref)
-            token_request = build_token_request(
-                token_url,
-                credentials,
-                client_auth=self.lease.get("client_auth", "client_secret_basic"),
-                scope=self.lease.get("requested_scope"),
-                headers={"User-Agent": request.headers.get("User-Agent", "")},
-            )
-            token_response = yield token_request
-            token_body = decode_body(token_response, token_response.read())
-            try:
-                issued = parse_token_response(token_response, token_body, secret_ref=secret_ref)
-            except RetryableAnswer as answer:
-                # The real request has not been sent yet, so trying again is always safe.
-                answer.reached_server = False
-                raise
-            lease = store_token(
-                token_url,
-                secret_ref,
-                issued,
-                client_auth=self.lease.get("client_auth", "client_secret_basic"),
-                requested_scope=self.lease.get("requested_scope"),
-            )
-            self.renewed = True
-            self.log.warning(
-                "The access token for secret reference %r was renewed at %s: this process held "
-                "no fresh copy of the leased token %s. New token %s, expires %s.",
-                secret_ref,
-                mask_url(token_url),
-                self.lease.get("fingerprint"),
-                lease["fingerprint"],
-                lease["expires_at"] or "never",
-            )
-            token = issued.access_token
         self.presented_fingerprint = fingerprint(token)
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
+
+    def _renew(
+        self, request: httpx.Request, token_url: str, secret_ref: str
+    ) -> Generator[httpx.Request, httpx.Response, str]:
+        """Asks the token endpoint for a new token and caches it."""
+        credentials = load_client_credentials(secret_ref)
+        token_request = build_token_request(
+            token_url,
+            credentials,
+            client_auth=self.lease.get("client_auth", "client_secret_basic"),
+            scope=self.lease.get("requested_scope"),
+            headers={"User-Agent": request.headers.get("User-Agent", "")},
+        )
+        token_response = yield token_request
+        token_body = decode_body(token_response, token_response.read())
+        try:
+            issued = parse_token_response(token_response, token_body, secret_ref=secret_ref)
+        except RetryableAnswer as answer:
+            # The real request has not been sent yet, so trying again is always safe.
+            answer.reached_server = False
+            raise
+        lease = store_token(
+            token_url,
+            secret_ref,
+            issued,
+            client_auth=self.lease.get("client_auth", "client_secret_basic"),
+            requested_scope=self.lease.get("requested_scope"),
+        )
+        self.renewed = True
+        self.log.warning(
+            "The access token for secret reference %r was renewed at %s: this process held "
+            "no fresh copy of the leased token %s. New token %s, expires %s.",
+            secret_ref,
+            mask_url(token_url),
+            self.lease.get("fingerprint"),
+            lease["fingerprint"],
+            lease["expires_at"] or "never",
+        )
+        token = issued.access_token
+        return token

@@ -250,18 +250,23 @@ class _Collected:
         self.runs: list[bytes] = []
         self.count = 0
 
-    def add(self, items: list[Any], describe: str) -> None:
+    def add(self, items: list[Any], describe: str) -> str:
+        """Keep a page's items; returns the digest of their encoding."""
         self.count += len(items)
+        try:
+            encoded = encode(items)
+        except (TypeError, ValueError) as error:
+            if self.items is None:
+                raise OsopExecutionError(
+                    f"{describe}: page items cannot be stored as JSON: {error}. The answer holds "
+                    "NaN, an infinity or text that is not valid Unicode."
+                ) from error
+            encoded = json.dumps(items, separators=(",", ":"), default=str).encode()
         if self.items is not None:
             self.items.extend(items)
-            return
-        try:
-            self.runs.append(encode(items)[1:-1])
-        except (TypeError, ValueError) as error:
-            raise OsopExecutionError(
-                f"{describe}: page items cannot be stored as JSON: {error}. The answer holds "
-                "NaN, an infinity or text that is not valid Unicode."
-            ) from error
+        else:
+            self.runs.append(encoded[1:-1])
+        return hashlib.sha256(encoded).hexdigest()
 
     def value(self) -> list[Any] | JsonText:
         return self.items if self.items is not None else JsonText.from_runs(self.runs)
@@ -351,11 +356,10 @@ def _walk(
         # A page repeating an earlier one fails the walk below, once a repeated cursor or link
         # (the more telling reason) has had its chance to be named.
         repeats = None
+        digest = collected.add(items, describe)
         if items:
-            digest = _items_digest(items)
             repeats = seen_pages.get(digest)
             seen_pages.setdefault(digest, pages)
-        collected.add(items, describe)
         progress.report("%s: %d pages, %d items so far.", describe, pages, collected.count)
 
         if total_path:
@@ -476,14 +480,6 @@ class _Prefetcher:
 
 
 _ADDRESSABLE: Final = (PageNumberPaginator, OffsetPaginator)
-
-
-def _items_digest(items: list[Any]) -> str:
-    # A page's count and its first and last items tell a repeated page from a new one; hashing
-    # every item cost more than parsing the page.
-    ends = [len(items), items[0], items[-1]]
-    text = json.dumps(ends, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _check_same_origin(current: httpx.URL, next_url: str, describe: str) -> None:

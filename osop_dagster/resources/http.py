@@ -496,6 +496,10 @@ def _batch_write(
     receipt = BatchReceipt()
     total_chunks = -(-len(items) // settings.size)
 
+    # The node's own Content-Type (say application/merge-patch+json) wins, as with one request.
+    declared = any(name.lower() == "content-type" for name in prepared.headers)
+    content_type = {} if declared else {"Content-Type": "application/json"}
+
     def send_chunk(index: int, chunk: list[Any]) -> tuple[httpx.Response, Any]:
         body = {settings.body_key: [shape_item(item, settings, assigned) for item in chunk]}
         try:
@@ -509,11 +513,7 @@ def _batch_write(
             runtime.method,
             prepared.url,
             params=prepared.query,
-            headers={
-                **prepared.headers,
-                "Content-Type": "application/json",
-                IDEMPOTENCY_HEADER: key,
-            },
+            headers={**content_type, **prepared.headers, IDEMPOTENCY_HEADER: key},
             content=content,
         )
         return session.send(request, auth=prepared.auth, expect=runtime.expect_status)
@@ -963,16 +963,19 @@ def _partial_batch_error(
     error: OsopHttpError, receipt: BatchReceipt, accepted: list[int], index: int, total: int
 ) -> OsopHttpError:
     if accepted == list(range(len(accepted))) and accepted:
-        chunks_accepted = f"Chunks 1 to {len(accepted)} of {total} were accepted"
+        chunks_accepted = (
+            f"Chunks 1 to {len(accepted)} of {total} were accepted before chunk {index + 1} failed"
+        )
     elif accepted:
+        # Chunks in flight together: some after the failed one may have been accepted too.
         numbers = ", ".join(str(number + 1) for number in accepted)
-        chunks_accepted = f"Chunks {numbers} of {total} were accepted"
+        chunks_accepted = f"Chunk {index + 1} of {total} failed; chunks {numbers} were accepted"
     else:
         chunks_accepted = None
     if chunks_accepted:
         note = (
-            f" {chunks_accepted} before chunk {index + 1} failed (batch ids "
-            f"{receipt.batch_ids!r}); sending again reuses their Idempotency-Keys."
+            f" {chunks_accepted} (batch ids {receipt.batch_ids!r}); sending again reuses their "
+            "Idempotency-Keys."
         )
     else:
         note = f" It was chunk {index + 1} of {total}; nothing was accepted."

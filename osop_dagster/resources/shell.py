@@ -26,7 +26,7 @@ import dagster
 import jq
 from pydantic import Field, field_validator
 
-from osop_dagster._json_text import JsonText, non_finite, resolve
+from osop_dagster._json_text import OUTSIDE_JSON, JsonText, encode, resolve
 from osop_dagster.constants import (
     META_COMMAND,
     META_DURATION_MS,
@@ -553,7 +553,7 @@ def _parse_output(node_id: str, runtime: CliRuntime, stdout: bytes) -> Any:
 
 
 def _json_stream(text: str) -> Iterator[Any]:
-    decoder = json.JSONDecoder(parse_constant=non_finite)
+    decoder = json.JSONDecoder(**OUTSIDE_JSON)
     position = 0
     while True:
         while position < len(text) and text[position].isspace():
@@ -636,7 +636,8 @@ def _bounded_jq(
             except (ValueError, TypeError) as exc:
                 answer = {"error": str(exc), "type": type(exc).__name__}
             with os.fdopen(write_end, "wb") as pipe:
-                pipe.write(json.dumps(answer, separators=(",", ":")).encode("utf-8"))
+                # UTF-8 like the shares' answers, so the output cap means the same in both.
+                pipe.write(encode(answer))
         except BaseException:
             status = 1
         finally:
@@ -669,7 +670,9 @@ def _bounded_jq(
                 if received > max_bytes:
                     raise _JqLimitError(f"produced more than {max_bytes} bytes of output")
                 chunks.append(chunk)
-    except _JqLimitError:
+    except BaseException:
+        # The limits, and anything else that ends the wait (a run being terminated): the child
+        # may never finish on its own.
         os.kill(pid, signal.SIGKILL)
         raise
     finally:
