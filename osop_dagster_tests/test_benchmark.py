@@ -88,7 +88,7 @@ def test_benchmark_report_has_the_documented_shape(report: dict[str, Any]) -> No
         "osop_best fetch / server_limit fetch >= 0.85",
     }
     imports = report["import_time"]
-    assert imports["workflows"] == 3 and len(imports["build_definitions_s"]) == 1
+    assert imports["workflows"] == 3 and len(imports["load_code_location_s"]) == 1
 
 
 def test_every_contender_updates_exactly_the_selected_records(report: dict[str, Any]) -> None:
