@@ -141,8 +141,8 @@ class JqShareError(ValueError):
     """jq failed on an item of a share; the message is jq's."""
 
 
-class JqShareLimitError(Exception):
-    """The shares ran out of time or produced too much output."""
+class JqLimitError(Exception):
+    """jq ran out of time or produced too much output, in one process or in shares."""
 
 
 def run_shares(
@@ -157,7 +157,7 @@ def run_shares(
 
     Raises:
         JqShareError: jq failed; the error of the first share in list order that failed.
-        JqShareLimitError: All shares together took longer than ``limit_sec`` or answered
+        JqLimitError: All shares together took longer than ``limit_sec`` or answered
             more than ``max_bytes``.
     """
     deadline = time.monotonic() + limit_sec
@@ -181,14 +181,14 @@ def run_shares(
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise JqShareLimitError(f"did not finish within {limit_sec:g} s")
+                    raise JqLimitError(f"did not finish within {limit_sec:g} s")
                 for key, _ in selector.select(remaining):
                     read_end = int(key.fd)
                     index, pid, chunks = running[read_end]
                     chunk = os.read(read_end, 1 << 20)
                     received += len(chunk)
                     if received > max_bytes:
-                        raise JqShareLimitError(f"produced more than {max_bytes} bytes of output")
+                        raise JqLimitError(f"produced more than {max_bytes} bytes of output")
                     if chunk:
                         chunks.append(chunk)
                         continue

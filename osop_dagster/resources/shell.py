@@ -7,6 +7,7 @@ lists it in ``allowed_programs``; the node's input goes to its standard input as
 data never appears on a command line.
 """
 
+import contextlib
 import functools
 import json
 import logging
@@ -39,8 +40,7 @@ from osop_dagster.constants import (
 from osop_dagster.errors import OsopShellError
 from osop_dagster.resources._jq_shares import (
     MIN_SPLIT_BYTES,
-    JqShareError,
-    JqShareLimitError,
+    JqLimitError,
     maps_each_item,
     mixed_types,
     plan_shares,
@@ -353,21 +353,10 @@ class OsopShellResource(dagster.ConfigurableResource):
             # The records' own figures, computed here while the jq child works on its copy.
             return _input_figures(resolve(document), log, node_id)
 
-        try:
+        with _jq_failures(node_id, runtime, invocation):
             results, input_figures = _bounded_jq(
                 program, subject, text, limit_sec, self.max_output_bytes, meanwhile=census
             )
-        except (ValueError, TypeError) as exc:
-            raise OsopShellError(
-                f"Node {node_id!r}: the jq filter {invocation.filter!r} failed on its input: "
-                f"{exc}.",
-                metadata={META_COMMAND: runtime.command, META_EXIT_CODE: 5},
-            ) from exc
-        except _JqLimitError as exc:
-            raise OsopShellError(
-                f"Node {node_id!r}: the jq filter {invocation.filter!r} {exc}.",
-                metadata={META_COMMAND: runtime.command},
-            ) from exc
         duration_ms = round((time.monotonic() - started) * 1000)
         log.info("Shell step %r: program jq (binding), exit code 0, %d ms", node_id, duration_ms)
 
@@ -406,21 +395,10 @@ class OsopShellResource(dagster.ConfigurableResource):
         started = time.monotonic()
         processes = self._jq_processes()
         shares = plan_shares(lengths, processes)
-        try:
+        with _jq_failures(node_id, runtime, invocation):
             outcome = run_shares(
                 program, document, shares, processes, limit_sec, self.max_output_bytes
             )
-        except JqShareError as exc:
-            raise OsopShellError(
-                f"Node {node_id!r}: the jq filter {invocation.filter!r} failed on its input: "
-                f"{exc}.",
-                metadata={META_COMMAND: runtime.command, META_EXIT_CODE: 5},
-            ) from exc
-        except JqShareLimitError as exc:
-            raise OsopShellError(
-                f"Node {node_id!r}: the jq filter {invocation.filter!r} {exc}.",
-                metadata={META_COMMAND: runtime.command},
-            ) from exc
         duration_ms = round((time.monotonic() - started) * 1000)
         log.info(
             "Shell step %r: program jq (binding), exit code 0, %d ms, %d shares on %d processes",
@@ -524,6 +502,23 @@ def _select_document(node_id: str, runtime: CliRuntime, inputs: Mapping[str, Any
     return {name: resolve(value) for name, value in inputs.items()} if inputs else None
 
 
+@contextlib.contextmanager
+def _jq_failures(node_id: str, runtime: CliRuntime, invocation: JqInvocation) -> Iterator[None]:
+    """Turns jq's own errors and the limits into the step's error."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        raise OsopShellError(
+            f"Node {node_id!r}: the jq filter {invocation.filter!r} failed on its input: {exc}.",
+            metadata={META_COMMAND: runtime.command, META_EXIT_CODE: 5},
+        ) from exc
+    except JqLimitError as exc:
+        raise OsopShellError(
+            f"Node {node_id!r}: the jq filter {invocation.filter!r} {exc}.",
+            metadata={META_COMMAND: runtime.command},
+        ) from exc
+
+
 def _render_jq_text(results: Sequence[Any], invocation: JqInvocation) -> str:
     lines = []
     for result in results:
@@ -598,10 +593,6 @@ def _census_figures(
 _Side = TypeVar("_Side")
 
 
-class _JqLimitError(Exception):
-    """A jq filter ran out of time or produced too much output."""
-
-
 def _bounded_jq(
     program: Any,
     subject: Any,
@@ -660,7 +651,7 @@ def _bounded_jq(
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise _JqLimitError(f"did not finish within {limit_sec:g} s")
+                    raise JqLimitError(f"did not finish within {limit_sec:g} s")
                 if not selector.select(remaining):
                     continue
                 chunk = os.read(read_end, 1 << 20)
@@ -668,7 +659,7 @@ def _bounded_jq(
                     break
                 received += len(chunk)
                 if received > max_bytes:
-                    raise _JqLimitError(f"produced more than {max_bytes} bytes of output")
+                    raise JqLimitError(f"produced more than {max_bytes} bytes of output")
                 chunks.append(chunk)
     except BaseException:
         # The limits, and anything else that ends the wait (a run being terminated): the child
