@@ -319,10 +319,12 @@ class OsopHttpResource(dagster.ConfigurableResource):
             metadata[META_TOKEN_RENEWED] = auth.renewed
         if isinstance(value, list):
             metadata.setdefault(META_RECORD_COUNT, len(value))
+        requests = session.transport.requests
         log.info(
-            "%s: %d requests, %d items, %d bytes received in %d ms.",
+            "%s: %d %s, %d items, %d bytes received in %d ms.",
             session.describe(runtime.method, url),
-            session.transport.requests,
+            requests,
+            "request" if requests == 1 else "requests",
             metadata.get(META_RECORD_COUNT, 0),
             session.bytes_received,
             metadata[META_DURATION_MS],
@@ -519,16 +521,12 @@ def _batch_write(
         return session.send(request, auth=prepared.auth, expect=runtime.expect_status)
 
     progress = Progress(session.log, PROGRESS_EVERY_SEC)
+    describe = session.describe(runtime.method, prepared.url)
     accepted: list[int] = []
     failure: tuple[int, OsopHttpError] | None = None
     outcomes = send_in_order(send_chunk, chunks(items, settings.size), concurrency)
     for index, chunk, outcome in outcomes:
-        progress.report(
-            "%s: sent %d of %d chunks.",
-            session.describe(runtime.method, prepared.url),
-            index,
-            total_chunks,
-        )
+        progress.report("%s: sent %d of %d chunks.", describe, index, total_chunks)
         if isinstance(outcome, BaseException):
             if not isinstance(outcome, OsopHttpError):
                 raise outcome
