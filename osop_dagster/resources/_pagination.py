@@ -115,6 +115,13 @@ class LinkPaginator:
         return request.url
 
 
+def _with_size(params: dict[str, Any], settings: PaginationSettings) -> dict[str, Any]:
+    """``params`` plus the page size parameter, when the settings ask for a size."""
+    if settings.page_size:
+        params[settings.effective_size_param] = settings.page_size
+    return params
+
+
 class PageNumberPaginator:
     """Sends page numbers: ``?page=1``, ``?page=2``, ..."""
 
@@ -122,24 +129,19 @@ class PageNumberPaginator:
         self.settings = settings
         self.page = settings.start_page
 
-    def _params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {self.settings.page_param: self.page}
-        if self.settings.page_size:
-            params[self.settings.effective_size_param] = self.settings.page_size
-        return params
+    def _request(self, page: int) -> PageRequest:
+        return PageRequest(params=_with_size({self.settings.page_param: page}, self.settings))
 
     def first(self) -> PageRequest:
-        return PageRequest(params=self._params())
+        return self._request(self.page)
 
     def next(self, response: httpx.Response, body: Any, items: list[Any]) -> PageRequest | None:
         self.page += 1
-        return PageRequest(params=self._params())
+        return self._request(self.page)
 
     def request_at(self, index: int, page_size: int) -> PageRequest:
         """The request of the page ``index`` pages after the first."""
-        params = self._params()
-        params[self.settings.page_param] = self.settings.start_page + index
-        return PageRequest(params=params)
+        return self._request(self.settings.start_page + index)
 
     def marker(self, request: PageRequest) -> str | None:
         return None
@@ -152,25 +154,20 @@ class OffsetPaginator:
         self.settings = settings
         self.offset = 0
 
-    def _params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {self.settings.offset_param: self.offset}
-        if self.settings.page_size:
-            params[self.settings.effective_size_param] = self.settings.page_size
-        return params
+    def _request(self, offset: int) -> PageRequest:
+        return PageRequest(params=_with_size({self.settings.offset_param: offset}, self.settings))
 
     def first(self) -> PageRequest:
-        return PageRequest(params=self._params())
+        return self._request(self.offset)
 
     def next(self, response: httpx.Response, body: Any, items: list[Any]) -> PageRequest | None:
         # Advancing by what arrived, not by page_size, stays right when the server caps the size.
         self.offset += len(items)
-        return PageRequest(params=self._params())
+        return self._request(self.offset)
 
     def request_at(self, index: int, page_size: int) -> PageRequest:
         """The request of the page ``index`` pages after the first, if every page is full."""
-        params = self._params()
-        params[self.settings.offset_param] = index * page_size
-        return PageRequest(params=params)
+        return self._request(index * page_size)
 
     def marker(self, request: PageRequest) -> str | None:
         return None
@@ -186,9 +183,7 @@ class CursorPaginator:
         params: dict[str, Any] = {}
         if cursor is not None:
             params[self.settings.cursor_param] = cursor
-        if self.settings.page_size:
-            params[self.settings.effective_size_param] = self.settings.page_size
-        return params
+        return _with_size(params, self.settings)
 
     def first(self) -> PageRequest:
         return PageRequest(params=self._params(None))

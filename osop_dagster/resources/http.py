@@ -753,6 +753,9 @@ class _LoggedStream(httpx.SyncByteStream):
             self.inner.close()
         if not self.logged:
             self.logged = True
+            # Masking the URL costs more than the request's own bookkeeping; skip it unheard.
+            if not self.log.isEnabledFor(logging.INFO):
+                return
             self.log.info(
                 "HTTP %s %s -> %d in %d ms (%d bytes)",
                 self.request.method,
