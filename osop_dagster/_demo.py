@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 
 from osop_dagster import constants
+from osop_dagster._heap import freeze_what_lives_on
 from osop_dagster._local_stack import (
     STATE_DIR_NAME,
     get_instance,
@@ -87,8 +88,14 @@ def run_demo(
 
 
 def job_from_files(paths: Sequence[str], job_name: str) -> dg.JobDefinition:
-    """The job ``job_name`` of the workflows in ``paths``: how a run rebuilds its job."""
-    return build_osop_definitions([Path(path) for path in paths]).resolve_job_def(job_name)
+    """The job ``job_name`` of the workflows in ``paths``: how a run rebuilds its job.
+
+    What the run process holds by now (Dagster, the instance, the definitions) stays to its
+    end, so it is kept out of the cycle collector's walks (see :mod:`osop_dagster._heap`).
+    """
+    job = build_osop_definitions([Path(path) for path in paths]).resolve_job_def(job_name)
+    freeze_what_lives_on()
+    return job
 
 
 def execute_in_one_process(

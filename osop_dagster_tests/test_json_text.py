@@ -4,8 +4,10 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from osop_dagster._json_text import JsonText, encode, resolve
+from osop_dagster._json_text import OUTSIDE_JSON, JsonText, decode_outside, encode, resolve
 from osop_dagster.resources._oauth2 import decode_body
 
 
@@ -49,3 +51,77 @@ def test_resolve_decodes_only_json_text() -> None:
     listed = JsonText.from_runs([b"1,2", b"", b"3"])
     assert listed.data == b"[\n1,2,\n3\n]" and listed.value() == [1, 2, 3]
     assert repr(listed) == "JsonText(10 bytes)"
+
+
+def _typed(value: Any) -> Any:
+    """``value`` with the exact type of every part spelled out (a marked float is no float)."""
+    if isinstance(value, dict):
+        return ("dict", [(key, _typed(item)) for key, item in value.items()])
+    if isinstance(value, list):
+        return ("list", [_typed(item) for item in value])
+    return (type(value).__name__, repr(value))
+
+
+def _read_by_json(content: bytes) -> Any:
+    try:
+        return _typed(json.loads(content, **OUTSIDE_JSON))
+    except (ValueError, RecursionError) as error:
+        return ("error", type(error).__name__)
+
+
+def _read_fast(content: bytes) -> Any:
+    try:
+        return _typed(decode_outside(content))
+    except (ValueError, RecursionError) as error:
+        return ("error", type(error).__name__)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[9223372036854775807, -9223372036854775808, 18446744073709551615]",
+        b"[-9223372036854775809, 18446744073709551616, 123456789012345678901234567890]",
+        b'{"id": "00000000000000000000001", "n": 1.2345678901234567890e5}',
+        b"[1e400, -1e400, 1e-400, NaN, Infinity, -Infinity, -0, -0.0, 2.5e-324]",
+        b'{"a": 1, "a": 2, "s": "\\ud800", "z": "\\u0000"}',
+        b"\xef\xbb\xbf[1]",
+        '{"é": 1}'.encode("utf-16"),
+        b'{"a": "\xff"}',
+        b"[1,]",
+        b"[" * 1100 + b"]" * 1100,
+        b"",
+    ],
+    ids=[
+        "64-bit edges",
+        "beyond 64 bits",
+        "long digit runs that are not integers",
+        "non-finite and tiny numbers",
+        "repeated key and escapes",
+        "byte order mark",
+        "UTF-16",
+        "invalid UTF-8",
+        "trailing comma",
+        "deep nesting",
+        "empty",
+    ],
+)
+def test_outside_json_reads_as_json_with_the_marking_hooks(content: bytes) -> None:
+    assert _read_fast(content) == _read_by_json(content)
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(value=_JSON_VALUES, ascii_only=st.booleans())
+def test_outside_json_reads_any_json_text_as_json_does(value: Any, ascii_only: bool) -> None:
+    content = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+    assert _read_fast(content) == _read_by_json(content)
