@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 
 from osop_dagster import constants
-from osop_dagster._heap import freeze_what_lives_on
+from osop_dagster._heap import tune_cycle_collector
 from osop_dagster._local_stack import (
     STATE_DIR_NAME,
     get_instance,
@@ -94,7 +94,7 @@ def job_from_files(paths: Sequence[str], job_name: str) -> dg.JobDefinition:
     end, so it is kept out of the cycle collector's walks (see :mod:`osop_dagster._heap`).
     """
     job = build_osop_definitions([Path(path) for path in paths]).resolve_job_def(job_name)
-    freeze_what_lives_on()
+    tune_cycle_collector()
     return job
 
 

@@ -145,7 +145,7 @@ class JsonText:
 
     def value(self) -> Any:
         """The value, decoded."""
-        return json.loads(self.data)
+        return decode(self.data)
 
     def _read(self, start: int, end: int) -> bytes:
         assert self._fd is not None  # only file-backed texts have spans
@@ -206,8 +206,8 @@ _DIGITS_AS_ZERO: Final = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte i
 _LONG_DIGIT_RUN: Final = b"0" * 19
 
 
-def decode_outside(content: bytes) -> Any:
-    """JSON from outside, read exactly as ``json.loads(content, **OUTSIDE_JSON)`` reads it.
+def decode(content: bytes) -> Any:
+    """JSON text, read exactly as ``json.loads(content, **OUTSIDE_JSON)`` reads it.
 
     orjson reads it, three times faster, unless the text holds a run of 19 digits (an integer
     orjson might turn into a float) or orjson refuses it (NaN, an infinity or a number too large

@@ -8,7 +8,7 @@ import gc
 import os
 
 from osop_dagster import constants
-from osop_dagster._heap import freeze_what_lives_on
+from osop_dagster._heap import tune_cycle_collector
 from osop_dagster.definitions import build_osop_definitions
 
 defs = build_osop_definitions(os.environ.get(constants.ENV_WORKFLOWS_DIR) or "workflows")
@@ -18,4 +18,4 @@ defs = build_osop_definitions(os.environ.get(constants.ENV_WORKFLOWS_DIR) or "wo
 # collection walks them again (at 200 workflows, a few hundred thousand objects; the collection
 # at interpreter exit alone took 0.7 s), and forked workers share their pages untouched.
 gc.collect()
-freeze_what_lives_on()
+tune_cycle_collector()

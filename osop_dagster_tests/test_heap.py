@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from osop_dagster._heap import YOUNG_THRESHOLD
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 # An exit handler registered first runs last: it sees what the collector would still walk.
@@ -16,6 +18,7 @@ job_from_files([sys.argv[1]], "rest_api_workflow_job")
 print("tracked before", before)
 print("frozen", gc.get_freeze_count())
 print("tracked after", len(gc.get_objects()))
+print("young threshold", gc.get_threshold()[0])
 made_later = [[index] for index in range(5000)]
 """
 
@@ -42,5 +45,6 @@ def test_a_run_process_freezes_what_it_built_and_leaves_nothing_to_walk_at_exit(
 
     assert figures["frozen"] > figures["tracked before"] > 10_000
     assert figures["tracked after"] < 100
+    assert figures["young threshold"] == YOUNG_THRESHOLD
     # The 5,000 lists made after the freeze are frozen at exit as well.
     assert figures["left at exit"] < 100

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from osop_dagster._json_text import OUTSIDE_JSON, JsonText, decode_outside, encode, resolve
+from osop_dagster._json_text import OUTSIDE_JSON, JsonText, decode, encode, resolve
 from osop_dagster.resources._oauth2 import decode_body
 
 
@@ -71,7 +71,7 @@ def _read_by_json(content: bytes) -> Any:
 
 def _read_fast(content: bytes) -> Any:
     try:
-        return _typed(decode_outside(content))
+        return _typed(decode(content))
     except (ValueError, RecursionError) as error:
         return ("error", type(error).__name__)
 

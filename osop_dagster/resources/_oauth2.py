@@ -23,7 +23,7 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from osop_dagster._json_text import decode_outside
+from osop_dagster._json_text import decode
 from osop_dagster.constants import ENV_ALLOW_INSECURE_HTTP, META_STATUS
 from osop_dagster.errors import OsopAuthError, OsopConfigError, OsopHttpError
 from osop_dagster.resources._redaction import mask_url, preview, register_secret, safe_headers
@@ -146,7 +146,7 @@ def decode_body(response: httpx.Response, content: bytes) -> Any:
     looks_json = "json" in content_type or content.lstrip()[:1] in (b"{", b"[")
     if looks_json:
         try:
-            return decode_outside(content)
+            return decode(content)
         except ValueError:
             pass
     return content.decode(response.encoding or "utf-8", errors="replace")
