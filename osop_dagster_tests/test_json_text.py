@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from osop_dagster import _json_text
 from osop_dagster._json_text import OUTSIDE_JSON, JsonText, decode, encode, resolve
 from osop_dagster.resources._oauth2 import decode_body
 
@@ -125,3 +126,21 @@ def test_outside_json_reads_any_json_text_as_json_does(value: Any, ascii_only: b
     content = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
 
     assert _read_fast(content) == _read_by_json(content)
+
+
+def test_a_text_above_the_fast_path_size_is_read_by_json_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_by_orjson: list[bytes] = []
+    orjson_loads = _json_text.orjson.loads
+
+    def counting_loads(content: bytes) -> Any:
+        read_by_orjson.append(content)
+        return orjson_loads(content)
+
+    monkeypatch.setattr(_json_text, "FAST_DECODE_MAX_BYTES", 16)
+    monkeypatch.setattr(_json_text.orjson, "loads", counting_loads)
+
+    assert decode(b"[1, 2]") == [1, 2]
+    assert decode(b'[{"id": 1, "status": "pending"}]') == [{"id": 1, "status": "pending"}]
+    assert read_by_orjson == [b"[1, 2]"]
