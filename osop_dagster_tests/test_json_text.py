@@ -65,16 +65,18 @@ def _typed(value: Any) -> Any:
 
 def _read_by_json(content: bytes) -> Any:
     try:
-        return _typed(json.loads(content, **OUTSIDE_JSON))
+        value = json.loads(content, **OUTSIDE_JSON)
     except (ValueError, RecursionError) as error:
         return ("error", type(error).__name__)
+    return _typed(value)
 
 
 def _read_fast(content: bytes) -> Any:
     try:
-        return _typed(decode(content))
+        value = decode(content)
     except (ValueError, RecursionError) as error:
         return ("error", type(error).__name__)
+    return _typed(value)
 
 
 @pytest.mark.parametrize(
@@ -90,6 +92,10 @@ def _read_fast(content: bytes) -> Any:
         b'{"a": "\xff"}',
         b"[1,]",
         b"[" * 1100 + b"]" * 1100,
+        b"[" * 1000 + b"]" * 1000,
+        b'{"a":' * 1000 + b"1" + b"}" * 1000,
+        b"[" * 300 + b"]" * 300,
+        b"[" + b",".join([b'{"id":1,"tags":[]}'] * 600) + b"]",
         b"",
     ],
     ids=[
@@ -103,6 +109,10 @@ def _read_fast(content: bytes) -> Any:
         "invalid UTF-8",
         "trailing comma",
         "deep nesting",
+        "nesting orjson reads but json does not",
+        "objects nested as deep",
+        "nesting both read",
+        "many openings, shallow",
         "empty",
     ],
 )
