@@ -1,5 +1,6 @@
 """Stores OSOP asset values as JSON files, one per asset, written atomically."""
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -7,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from osop_dagster._json_text import JsonText, decode, encode
+from osop_dagster._json_text import JsonText, encode
 from osop_dagster.constants import META_LOAD_AS_TEXT
 from osop_dagster.errors import OsopExecutionError
 
@@ -79,4 +80,5 @@ class OsopJsonIOManager(dg.ConfigurableIOManager):
             )
         if context.definition_metadata.get(META_LOAD_AS_TEXT):
             return JsonText.from_file(path)
-        return decode(path.read_bytes())
+        with path.open("rb") as handle:
+            return json.load(handle)

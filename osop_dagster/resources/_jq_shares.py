@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from osop_dagster._json_text import JsonText, decode, encode
+from osop_dagster._json_text import JsonText, encode
 
 # ``[.[] | f]`` and ``map(f)``, to be confirmed by a scan of the brackets.
 _COLLECT: Final = re.compile(r"\A\s*(\[)\s*\.\s*\[\s*\]\s*\|.*(\])\s*\Z", re.DOTALL)
@@ -239,7 +239,7 @@ def _fork_share(program: Any, text: JsonText, share: range) -> tuple[int, int]:
 
 def _filter_share(program: Any, text: bytes) -> bytes:
     """A header line of JSON, then the result's items encoded, without the brackets."""
-    records = decode(text)
+    records = json.loads(text)
     census = type_census(records)
     records_in = len(records)
     del records
