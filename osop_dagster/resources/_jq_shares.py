@@ -15,7 +15,7 @@ import re
 import selectors
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -218,23 +218,31 @@ def _stop(read_end: int, pid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def _fork_share(program: Any, text: JsonText, share: range) -> tuple[int, int]:
+def fork_answer(answer: Callable[[], bytes]) -> tuple[int, int]:
+    """Forks a child that writes ``answer()`` to a pipe; returns the pipe's read end and its pid.
+
+    The child never exits normally, which would run the parent's atexit handlers and flush its
+    buffers a second time; it ends with status 1 when ``answer`` raises.
+    """
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
-        # The child, as in the single-process jq step: never a normal exit.
         status = 0
         try:
             os.close(read_end)
-            answer = _filter_share(program, text.share(share.start, share.stop))
+            text = answer()
             with os.fdopen(write_end, "wb") as pipe:
-                pipe.write(answer)
+                pipe.write(text)
         except BaseException:
             status = 1
         finally:
             os._exit(status)
     os.close(write_end)
     return read_end, pid
+
+
+def _fork_share(program: Any, text: JsonText, share: range) -> tuple[int, int]:
+    return fork_answer(lambda: _filter_share(program, text.share(share.start, share.stop)))
 
 
 def _filter_share(program: Any, text: bytes) -> bytes:

@@ -41,6 +41,7 @@ from osop_dagster.errors import OsopShellError
 from osop_dagster.resources._jq_shares import (
     MIN_SPLIT_BYTES,
     JqLimitError,
+    fork_answer,
     maps_each_item,
     mixed_types,
     plan_shares,
@@ -614,28 +615,17 @@ def _bounded_jq(
         side = meanwhile()
         return _jq_results(program, subject, text), side
 
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        # The child: only the binding and json from here on, and never a normal exit, which
-        # would run the parent's atexit handlers and flush its buffers a second time.
-        status = 0
+    def answer() -> bytes:
+        # In the child: only the binding and json from here on.
         try:
-            os.close(read_end)
-            try:
-                answer = {"results": _jq_results(program, subject, text)}
-            except (ValueError, TypeError) as exc:
-                answer = {"error": str(exc), "type": type(exc).__name__}
-            with os.fdopen(write_end, "wb") as pipe:
-                # UTF-8 like the shares' answers, so the output cap means the same in both.
-                pipe.write(encode(answer))
-        except BaseException:
-            status = 1
-        finally:
-            os._exit(status)
+            found: dict[str, Any] = {"results": _jq_results(program, subject, text)}
+        except (ValueError, TypeError) as exc:
+            found = {"error": str(exc), "type": type(exc).__name__}
+        # UTF-8 like the shares' answers, so the output cap means the same in both.
+        return encode(found)
 
+    read_end, pid = fork_answer(answer)
     deadline = time.monotonic() + limit_sec
-    os.close(write_end)
     try:
         side = meanwhile()
     except BaseException:
