@@ -32,8 +32,15 @@ def api() -> FakeApi:
     return api
 
 
-def fetch(api: FakeApi, pagination: Any, *, max_pages: int = 1000, **runtime: Any) -> HttpResult:
-    resource = OsopHttpResource(max_pages=max_pages)
+def fetch(
+    api: FakeApi,
+    pagination: Any,
+    *,
+    max_pages: int = 1000,
+    resource: OsopHttpResource | None = None,
+    **runtime: Any,
+) -> HttpResult:
+    resource = resource or OsopHttpResource(max_pages=max_pages)
     resource._transport = api.transport()
     return resource.call(
         node_id="get_records",
@@ -282,29 +289,11 @@ def test_the_resource_caps_the_pages_in_flight(api: FakeApi) -> None:
     api.records = [{"id": n} for n in range(1, 24)]
     in_flight = _InFlight(api._records)
     api.overrides[RECORDS] = in_flight
-    resource = OsopHttpResource(max_concurrency=2)
-    resource._transport = api.transport()
 
-    result = resource.call(
-        node_id="get_records",
-        runtime=ApiRuntime.model_validate(
-            {
-                "url": BASE_URL,
-                "endpoint": RECORDS,
-                "pagination": {
-                    "style": "page_number",
-                    "page_size": 2,
-                    "total_path": "pagination.total",
-                    "concurrency": 8,
-                },
-            }
-        ),
-        inputs={},
-        token=None,
-        timeout_sec=None,
-        retry=RetrySettings(),
-        idempotency_prefix="run-1",
-        log=LOG,
+    pagination = {"style": "page_number", "page_size": 2, "total_path": "pagination.total"}
+
+    result = fetch(
+        api, {**pagination, "concurrency": 8}, resource=OsopHttpResource(max_concurrency=2)
     )
 
     assert result.value == api.records
